@@ -1,0 +1,1 @@
+"""Image sources and data sets. Imports nothing else of memjax."""

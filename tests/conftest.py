@@ -1,0 +1,29 @@
+"""Test setup: 4 forced CPU devices, so that every sharded path runs on every test run.
+
+XLA reads the flag when jax initializes its backends, so it is set here, before any test module
+imports jax.
+"""
+
+import os
+
+_FLAG = "--xla_force_host_platform_device_count=4"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax  # noqa: E402  (must follow the flag)
+import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+  del config
+  assert jax.device_count() == 4, (
+      f"expected 4 forced CPU devices, got {jax.device_count()}: was jax imported before "
+      "tests/conftest.py set XLA_FLAGS?")
+
+
+@pytest.fixture
+def rng():
+  import numpy as np
+  return np.random.default_rng(0)
