@@ -93,6 +93,24 @@ class ImageSource(abc.ABC):
       block = np.ascontiguousarray(block, dtype=dtype)
     return block
 
+  def read_into(self, start: int, stop: int, out: np.ndarray) -> None:
+    """Reads images [start, stop) into `out`, converting to its dtype, with no temporary copy
+    where the source allows (arrays, .npy files). The search reads blocks straight into the
+    aligned buffers that it hands to the devices this way.
+
+    Raises:
+      IndexError: as `read`.
+      ValueError: when `out` does not have the shape (stop - start, *shape).
+    """
+    start, stop = self._check_range(start, stop)
+    if tuple(out.shape) != (stop - start, *self.shape):
+      raise ValueError(f"read_into({start}, {stop}) from {self.description} needs an output of "
+                       f"shape {(stop - start, *self.shape)}, got {tuple(out.shape)}")
+    self._read_block_into(start, stop, out)
+
+  def _read_block_into(self, start: int, stop: int, out: np.ndarray) -> None:
+    out[...] = self._read_block(start, stop, out.dtype)
+
   def image_id(self, index: int) -> str:
     """A stable name of image `index`, e.g. its file's relative path."""
     return str(self._check_index(index))
@@ -206,6 +224,9 @@ class ArraySource(ImageSource):
 
   def _read_block(self, start: int, stop: int, dtype: np.dtype) -> np.ndarray:
     return np.array(self._array[start:stop], dtype=dtype, order="C", copy=True)
+
+  def _read_block_into(self, start: int, stop: int, out: np.ndarray) -> None:
+    np.copyto(out, self._array[start:stop], casting="unsafe")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,6 +522,12 @@ class NumpyFileSource(ImageSource):
     out = np.empty((stop - start, *self.shape), dtype)
     _read_rows(self._reader, self._stored, start, stop, out)
     return out
+
+  def _read_block_into(self, start: int, stop: int, out: np.ndarray) -> None:
+    if out.flags.c_contiguous:
+      _read_rows(self._reader, self._stored, start, stop, out)
+    else:
+      out[...] = self._read_block(start, stop, out.dtype)
 
   def close(self) -> None:
     self._reader.close()

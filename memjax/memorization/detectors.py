@@ -1,0 +1,60 @@
+"""Decision rules: when is a synthetic image a copy of a training image?
+
+A threshold is calibrated, not guessed: Dar et al. (2023) call a synthetic sample a copy when it is
+more similar to a training sample than the 95th percentile of each training sample's similarity to
+its nearest held-out real sample, i.e. more similar than real, different patients usually are.
+Fixed thresholds (0.90, 0.95, 0.99) are reported beside it. memjax counts an image at or above a
+threshold (the report's histogram bins start at the threshold, so its bars agree with the count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+FIXED_THRESHOLDS = (0.90, 0.95, 0.99)
+
+
+@dataclasses.dataclass(frozen=True)
+class Threshold:
+  value: float
+  rule: str  # "holdout_percentile" or "fixed"
+  description: str  # one sentence for people
+
+
+def holdout_threshold(holdout_max: np.ndarray, percentile: float = 95.0) -> Threshold:
+  """Dar et al.'s rule from each training image's best similarity with the held-out set."""
+  defined = holdout_max[np.isfinite(holdout_max)]
+  if defined.size == 0:
+    raise ValueError("no training image has a defined correlation with the holdout set "
+                     "(all have zero variance?); give --config.audit.threshold instead")
+  if not 0.0 < percentile < 100.0:
+    raise ValueError(f"the holdout percentile must be in (0, 100), got {percentile}")
+  value = float(np.percentile(defined.astype(np.float64), percentile))
+  return Threshold(
+      value=value, rule="holdout_percentile",
+      description=(f"{percentile:g}th percentile of each training image's best correlation with "
+                   f"the held-out real images, over {defined.size} training images (Dar et al. 2023): a synthetic "
+                   "image more similar to a training image than that is called memorized"))
+
+
+def fixed_threshold(value: float) -> Threshold:
+  if not -1.0 <= value <= 1.0:
+    raise ValueError(f"a correlation threshold must lie in [-1, 1], got {value}")
+  return Threshold(value=float(value), rule="fixed",
+                   description=f"fixed threshold {value:g} (config.audit.threshold); give "
+                               "--config.holdout to calibrate one on held-out real images")
+
+
+def is_memorized(max_correlation: np.ndarray, threshold: float) -> np.ndarray:
+  """True where the best correlation is at or above the threshold (False where undefined)."""
+  return np.nan_to_num(max_correlation, nan=-np.inf) >= threshold
+
+
+def fraction_above(max_correlation: np.ndarray, threshold: float) -> float:
+  """Share of the images with a defined correlation at or above the threshold."""
+  defined = np.isfinite(max_correlation)
+  if not defined.any():
+    return float("nan")
+  return float(np.mean(max_correlation[defined] >= threshold))

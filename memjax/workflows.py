@@ -1,0 +1,62 @@
+"""What `launch.py` runs: one function per `config.workflow`, each given a config and a work dir."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Callable
+
+import ml_collections
+
+from memjax import parallel
+
+_PENDING = {
+    "train": "training arrives with the DDPM and StyleGAN2 issues (4 and 5)",
+    "sample": "sampling arrives with the DDPM and StyleGAN2 issues (4 and 5)",
+    "demo": ("the end-to-end demo is not built yet (it arrives with issue 7); meanwhile run an "
+             "audit: python launch.py --config=configs/audit.py --config.synthetic=PATH "
+             "--config.train=PATH --workdir=runs/audit"),
+}
+
+
+def audit(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+  """Audits config.synthetic against config.train (and calibrates on config.holdout)."""
+  from memjax.data import sources  # pylint: disable=g-import-not-at-top
+  from memjax.memorization import audit as audit_lib  # pylint: disable=g-import-not-at-top
+  for key, what in (("synthetic", "the synthetic images"), ("train", "the training images")):
+    if not config.get(key):
+      raise ValueError(f"--config.{key} is required: a folder, .npy or .npz file of {what}")
+  options = config.audit
+  slice_axis = options.get("nifti_slice_axis")
+  open_options = dict(nifti_slice_axis=slice_axis, grayscale=bool(options.get("grayscale")))
+  synthetic = sources.open_source(config.synthetic, **open_options)
+  train = sources.open_source(config.train, **open_options)
+  holdout = (sources.open_source(config.holdout, **open_options)
+             if config.get("holdout") else None)
+  mesh = parallel.data_mesh(options.num_devices or None)
+  return audit_lib.run_audit(
+      workdir,
+      synthetic=synthetic, train=train, holdout=holdout, k=options.k,
+      threshold=options.threshold, holdout_percentile=options.holdout_percentile,
+      block_size=options.block_size or None, mesh=mesh, num_pairs=options.num_pairs,
+      redact_training_images=options.redact_training_images, progress=options.progress)
+
+
+WORKFLOWS: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path], object]] = {
+    "audit": audit,
+}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+  """Runs `config.workflow` in `workdir`, after saving the config there."""
+  workflow = config.get("workflow")
+  if workflow in _PENDING:
+    raise NotImplementedError(f"workflow {workflow!r}: {_PENDING[workflow]}")
+  if workflow not in WORKFLOWS:
+    known = ", ".join(sorted(set(WORKFLOWS) | set(_PENDING)))
+    raise ValueError(f"unknown workflow {workflow!r} in the config; expected one of: {known}")
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(
+      json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
+  return WORKFLOWS[workflow](config, workdir)
