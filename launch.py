@@ -9,6 +9,7 @@ missing file, a bad image, a wrong setting) print one line and exit with status 
 MEMJAX_TRACEBACK=1 to see the traceback.
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -25,6 +26,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+  # JAX reports at INFO that it looked for TPUs and GPUs that a CPU machine has not.
+  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from memjax import parallel  # pylint: disable=g-import-not-at-top
@@ -32,7 +35,7 @@ def main(argv):
   parallel.initialize_distributed()
   try:
     workflows.run(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, NotADirectoryError, NotImplementedError) as error:
+  except (ValueError, OSError, NotImplementedError) as error:
     if os.environ.get("MEMJAX_TRACEBACK"):
       raise
     logging.flush()

@@ -56,6 +56,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     known = ", ".join(sorted(set(WORKFLOWS) | set(_PENDING)))
     raise ValueError(f"unknown workflow {workflow!r} in the config; expected one of: {known}")
   workdir = pathlib.Path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise NotADirectoryError(f"--workdir={workdir} is a file; give a directory (it is created "
+                             "if missing)")
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(
       json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")

@@ -228,6 +228,11 @@ class ArraySource(ImageSource):
   def _read_block_into(self, start: int, stop: int, out: np.ndarray) -> None:
     np.copyto(out, self._array[start:stop], casting="unsafe")
 
+  def view(self, start: int, stop: int) -> np.ndarray:
+    """Images [start, stop) as a view of the array, without a copy (callers must not write)."""
+    start, stop = self._check_range(start, stop)
+    return self._array[start:stop]
+
 
 # ----------------------------------------------------------------------------------------------
 # .npy files and .npz members, read without loading them whole.
