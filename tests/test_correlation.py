@@ -234,7 +234,7 @@ def test_aligned_arrays_stream_without_copies_and_agree(rng, mesh4):
   # An aligned array of the stored dtype is handed to the devices as views; the answer must not
   # change, including for the padded last block and with the buffers of the ring reused.
   data = rng.random((700, 16, 16), dtype=np.float32)
-  aligned = correlation._aligned_empty(data.shape, data.dtype)
+  aligned = sources.aligned_empty(data.shape, data.dtype)
   aligned[...] = data
   assert aligned.ctypes.data % 64 == 0
   synthetic = data[[5, 699, 300]] + rng.normal(0, 0.05, (3, 16, 16)).astype(np.float32)
@@ -244,3 +244,44 @@ def test_aligned_arrays_stream_without_copies_and_agree(rng, mesh4):
   np.testing.assert_array_equal(got[1], expected[1])
   np.testing.assert_array_equal(got[1][:, 0], [5, 699, 300])
   assert_exact_top_k(*got, pearson_float64(synthetic, data), 3)
+
+
+def test_offset_rows_are_searched_again_centred_and_merged(rng, mesh4):
+  # Most training images are ordinary; a few sit on a large offset with little texture, which the
+  # raw product cannot rank to 1e-5: they must come back through the centred pass, merged by rank.
+  train = rng.random((200, 12, 12), dtype=np.float32)
+  offset = [3, 77, 150, 151, 199]
+  train[offset] = 500.0 + rng.random((5, 12, 12), dtype=np.float32)
+  synthetic = rng.random((8, 12, 12), dtype=np.float32)
+  synthetic[0] = train[77] - 500.0 + rng.normal(0, 0.01, (12, 12)).astype(np.float32)
+  synthetic[1] = train[20]
+  reference = pearson_float64(synthetic, train)
+  result = correlation.search_correlation(synthetic, train, k=4, mesh=mesh4, block_size=37)
+  assert_exact_top_k(result.values, result.indices, reference, 4)
+  assert result.indices[0, 0] == 77 and result.indices[1, 0] == 20
+  assert result.zero_variance_train.size == 0
+
+
+def test_indexed_source_reads_runs_in_order(rng):
+  data = rng.integers(0, 255, (30, 4, 4), dtype=np.uint8)
+  subset = sources.IndexedSource(sources.ArraySource(data), [2, 3, 4, 9, 1, 1, 29])
+  np.testing.assert_array_equal(subset.read(0, 7, dtype=None), data[[2, 3, 4, 9, 1, 1, 29]])
+  np.testing.assert_array_equal(subset.read(2, 5), data[[4, 9, 1]].astype(np.float32))
+  assert subset.ids() == ["2", "3", "4", "9", "1", "1", "29"] and len(subset) == 7
+  with pytest.raises(IndexError):
+    sources.IndexedSource(sources.ArraySource(data), [30])
+
+
+def test_small_tiles_for_large_images(rng, mesh4):
+  # Tiles smaller than a group (3D volumes get tiles of 8 images); results must not change.
+  train = rng.random((61, 4, 6, 6), dtype=np.float32)
+  synthetic = np.concatenate([train[[60, 0]], rng.random((3, 4, 6, 6), dtype=np.float32)])
+  reference = pearson_float64(synthetic, train)
+  for tile_size in (8, 24, 64):
+    values, indices = top_k_correlation(synthetic, train, k=9, mesh=mesh4, tile_size=tile_size,
+                                        block_size=13)
+    assert_exact_top_k(values, indices, reference, 9)
+    np.testing.assert_array_equal(indices[:2, 0], [60, 0])
+  assert correlation.default_tile_size(240 * 240 * 155, 300) == correlation.TILE_MULTIPLE
+  with pytest.raises(ValueError, match="multiple of 8"):
+    top_k_correlation(synthetic, train, mesh=mesh4, tile_size=12)

@@ -234,6 +234,70 @@ class ArraySource(ImageSource):
     return self._array[start:stop]
 
 
+def aligned_empty(shape: tuple[int, ...], dtype: DTypeLike, alignment: int = 64) -> np.ndarray:
+  """An uninitialized C-contiguous array whose data starts on an `alignment`-byte boundary.
+
+  JAX's CPU backend adopts such a buffer without copying it; numpy's own allocations are only
+  16-byte aligned, so the search copies each block of them. An in-memory training set built in
+  an aligned array (of the dtype the search transfers: uint8, uint16, int16 or float32) streams
+  to a CPU device without any copy.
+  """
+  dtype = np.dtype(dtype)
+  size = int(np.prod(shape)) * dtype.itemsize
+  raw = np.empty(size + alignment, np.uint8)
+  offset = (-raw.ctypes.data) % alignment
+  return raw[offset:offset + size].view(dtype).reshape(shape)
+
+
+class IndexedSource(ImageSource):
+  """The images of another source at the given indices, in that order (a subset or a reordering).
+
+  Reads gather runs of consecutive indices, so a sorted subset reads in few calls.
+  """
+
+  def __init__(self, source: ImageSource, indices: Any):
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    if indices.size and (indices.min() < 0 or indices.max() >= len(source)):
+      raise IndexError(f"indices out of range for {source.description}, which holds "
+                       f"{len(source)} images")
+    self._source = source
+    self._indices = indices
+    self.description = f"{source.description} ({indices.size} of {len(source)} images)"
+
+  def __len__(self) -> int:
+    return int(self._indices.size)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return self._source.shape
+
+  @property
+  def dtype(self) -> np.dtype:
+    return self._source.dtype
+
+  def _read_block(self, start: int, stop: int, dtype: np.dtype) -> np.ndarray:
+    out = np.empty((stop - start, *self.shape), dtype)
+    self._read_block_into(start, stop, out)
+    return out
+
+  def _read_block_into(self, start: int, stop: int, out: np.ndarray) -> None:
+    wanted = self._indices[start:stop]
+    run_start = 0
+    while run_start < wanted.size:
+      run_stop = run_start + 1
+      while run_stop < wanted.size and wanted[run_stop] == wanted[run_stop - 1] + 1:
+        run_stop += 1
+      self._source.read_into(int(wanted[run_start]), int(wanted[run_stop - 1]) + 1,
+                             out[run_start:run_stop])
+      run_start = run_stop
+
+  def image_id(self, index: int) -> str:
+    return self._source.image_id(int(self._indices[self._check_index(index)]))
+
+  def ids(self) -> list[str]:
+    return [self._source.image_id(int(i)) for i in self._indices]
+
+
 # ----------------------------------------------------------------------------------------------
 # .npy files and .npz members, read without loading them whole.
 

@@ -38,14 +38,17 @@ from memjax import parallel
 from memjax.data import sources as sources_lib
 
 GROUP_SIZE = 64  # training images per group in the two-stage exact top-k
-_TILE_BYTES = 16 << 20  # float32 bytes of one tile of training rows
+TILE_MULTIPLE = 8  # tiles of huge images (3D volumes) may be smaller than a group
+_TILE_BYTES = 32 << 20  # float32 bytes of the largest tile of training rows
 _SYNTHETIC_CHUNK_BYTES = 256 << 20  # float32 bytes of one chunk of synthetic images
 _SCORE_TILE_BYTES = 64 << 20  # bytes of one (synthetic chunk x tile) score matrix
 
-_MAX_OFFSET_RATIO = 4.0  # |mean| / std of a training row above which its tile is centred first
+# |mean| / std of a training row above which the raw product's rounding could pass 1e-6: such
+# rows are searched again with the tile centred first.
+_MAX_OFFSET_RATIO = 32.0
 
 # Per-image status codes returned by the kernels.
-OK, ZERO_VARIANCE, NON_FINITE, PADDING = 0, 1, 2, 3
+OK, ZERO_VARIANCE, NON_FINITE, PADDING, RECENTRE = 0, 1, 2, 3, 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +104,17 @@ def default_tile_size(image_size: int, num_train: int) -> int:
   About _TILE_BYTES of float32 per tile; among the sizes from half that up, the one that leaves
   the least padding in the last tile of a single device's pass; a small set gets one tile.
   """
-  largest = max(GROUP_SIZE, min(2048, _TILE_BYTES // (4 * image_size)) // GROUP_SIZE * GROUP_SIZE)
+  largest = min(4096, _TILE_BYTES // (4 * image_size))
+  unit = GROUP_SIZE if largest >= GROUP_SIZE else TILE_MULTIPLE
+  largest = max(unit, largest // unit * unit)
   if num_train <= largest:  # a small training set: one tile that just holds it
-    return _ceil_div(num_train, GROUP_SIZE) * GROUP_SIZE
-  candidates = range(largest, max(GROUP_SIZE, largest // 2) - 1, -GROUP_SIZE)
+    return _ceil_div(num_train, unit) * unit
+  candidates = range(largest, max(unit, largest // 2) - 1, -unit)
   return min(candidates, key=lambda rows: _ceil_div(num_train, rows) * rows - num_train)
+
+
+def _group_size(tile_size: int) -> int:
+  return GROUP_SIZE if tile_size % GROUP_SIZE == 0 else TILE_MULTIPLE
 
 
 def plan_search(num_synthetic: int, num_train: int, image_size: int, k: int, num_devices: int, *,
@@ -119,8 +128,8 @@ def plan_search(num_synthetic: int, num_train: int, image_size: int, k: int, num
   if num_train >= 2**31 - 1:
     raise ValueError(f"{num_train} training images: more than the int32 indices the kernel keeps")
   tile = tile_size or default_tile_size(image_size, num_train)
-  if tile < GROUP_SIZE or tile % GROUP_SIZE:
-    raise ValueError(f"tile_size must be a positive multiple of {GROUP_SIZE}, got {tile}")
+  if tile < TILE_MULTIPLE or tile % TILE_MULTIPLE:
+    raise ValueError(f"tile_size must be a positive multiple of {TILE_MULTIPLE}, got {tile}")
   if block_size is None:
     # One tile per device: the next block is read while this one is computed.
     block_size = tile * num_devices
@@ -152,68 +161,66 @@ def _normalize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   return unit, jnp.sum(unit, axis=1), status
 
 
-def _row_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _row_statistics(x: jax.Array, max_offset_ratio: float | None = None
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Each row's mean, 1 / norm of the centred row (0 where undefined), and status code.
 
-  Two passes over x (the mean, then the centred sum of squares: no cancellation). A row is
-  constant when all its pixels are equal, tested exactly (a rounded mean can leave a tiny nonzero
-  variance); that third pass runs only for tiles where a row's variance is small enough for
-  rounding to matter.
+  The mean, then the centred sum of squares (two passes: no cancellation), then the exact test of
+  a constant row, all pixels equal (a rounded mean can leave a constant row a tiny variance).
+  With `max_offset_ratio`, a row whose |mean| / std exceeds it is marked RECENTRE.
   """
-  size = x.shape[1]
   mean = jnp.mean(x, axis=1)
   sum_sq = jnp.sum(jnp.square(x - mean[:, None]), axis=1)
   finite = jnp.isfinite(mean) & jnp.isfinite(sum_sq)
-  # A constant row's mean is off by at most ~size * eps relative (sequential float32 sums).
-  rounding = jnp.square(size * jnp.finfo(jnp.float32).eps * jnp.abs(mean)) * size
-  suspicious = finite & (sum_sq <= rounding)
-  constant = lax.cond(jnp.any(suspicious),
-                      lambda: suspicious & jnp.all(x == x[:, :1], axis=1),
-                      lambda: jnp.zeros_like(suspicious))
+  constant = jnp.all(x == x[:, :1], axis=1)
   usable = finite & ~constant & (sum_sq > 0)
   inverse_norm = jnp.where(usable, lax.rsqrt(jnp.where(usable, sum_sq, 1.0)), 0.0)
-  status = jnp.where(usable, OK, jnp.where(finite, ZERO_VARIANCE, NON_FINITE)).astype(jnp.int8)
-  return mean, inverse_norm, status
+  status = jnp.where(usable, OK, jnp.where(finite, ZERO_VARIANCE, NON_FINITE))
+  if max_offset_ratio is not None:
+    offset_ratio = jnp.abs(mean) * inverse_norm * jnp.sqrt(jnp.float32(x.shape[1]))
+    status = jnp.where(usable & (offset_ratio > max_offset_ratio), RECENTRE, status)
+  return mean, inverse_norm, status.astype(jnp.int8)
 
 
 def _tile_top_k(synthetic_unit: jax.Array, synthetic_sum: jax.Array, tile: jax.Array,
-                tile_index: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+                tile_index: jax.Array, k: int, centred: bool
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Exact top-k over one tile of training rows; ties go to the lower training index.
 
-  The product runs on the raw training pixels: with u a centred unit synthetic vector,
-  u . (t - mean(t)) = u . t - sum(u) mean(t), so the training tile is read, never rewritten.
+  By default the product runs on the raw training pixels: with u a centred unit synthetic
+  vector, u . (t - mean(t)) = u . t - sum(u) mean(t), so the tile is read, never rewritten. That
+  product's rounding grows with |mean| / std of a training row (about 3e-8 times the ratio), so
+  rows past _MAX_OFFSET_RATIO are left out here (status RECENTRE) and searched again by the
+  `centred` variant, which centres the tile before the product.
   Returns values and training indices (num_synthetic, min(k, tile rows)) and the tile's statuses.
   """
   tile = tile.astype(jnp.float32)
-  mean, inverse_norm, status = _row_statistics(tile)
+  mean, inverse_norm, status = _row_statistics(
+      tile, None if centred else _MAX_OFFSET_RATIO)
   status = jnp.where(tile_index < 0, jnp.int8(PADDING), status)
-
-  def product(rows):
-    return lax.dot_general(synthetic_unit, rows, (((1,), (1,)), ((), ())),
-                           precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
-
-  # The raw product's rounding grows with |mean| / std of a training row; where that ratio is
-  # large (a big offset under little texture) the tile is centred first, at one more pass.
-  offset_ratio = jnp.abs(mean) * inverse_norm * jnp.sqrt(jnp.float32(tile.shape[1]))
-  scores = lax.cond(
-      jnp.any(offset_ratio > _MAX_OFFSET_RATIO),
-      lambda: product(tile - mean[:, None]),
-      lambda: product(tile) - synthetic_sum[:, None] * mean[None, :]) * inverse_norm[None, :]
+  if centred:
+    rows, correction = tile - mean[:, None], 0.0
+  else:
+    rows, correction = tile, synthetic_sum[:, None] * mean[None, :]
+  products = lax.dot_general(synthetic_unit, rows, (((1,), (1,)), ((), ())),
+                             precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+  scores = (products - correction) * inverse_norm[None, :]
   # Rounding can take an exact copy a hair past 1; a correlation never is.
   scores = jnp.where((status == OK)[None, :], jnp.clip(scores, -1.0, 1.0), -jnp.inf)
   num_synthetic, rows = scores.shape
-  num_groups = rows // GROUP_SIZE
-  grouped = scores.reshape(num_synthetic, num_groups, GROUP_SIZE)
+  group_size = _group_size(rows)
+  num_groups = rows // group_size
+  grouped = scores.reshape(num_synthetic, num_groups, group_size)
   # Every one of the k best elements lies in one of the k best groups ranked by their maxima (ties
   # to the lower group), so an exact top-k over those groups' members is the exact answer.
   num_best_groups = min(k, num_groups)
   _, best_groups = lax.top_k(jnp.max(grouped, axis=2), num_best_groups)
   best_groups = jnp.sort(best_groups, axis=1)  # members in training order, for the tie rule
   candidates = jnp.take_along_axis(grouped, best_groups[:, :, None], axis=1)
-  candidates = candidates.reshape(num_synthetic, num_best_groups * GROUP_SIZE)
-  candidate_index = tile_index.reshape(num_groups, GROUP_SIZE)[best_groups]
-  candidate_index = candidate_index.reshape(num_synthetic, num_best_groups * GROUP_SIZE)
-  values, positions = lax.top_k(candidates, min(k, num_best_groups * GROUP_SIZE))
+  candidates = candidates.reshape(num_synthetic, num_best_groups * group_size)
+  candidate_index = tile_index.reshape(num_groups, group_size)[best_groups]
+  candidate_index = candidate_index.reshape(num_synthetic, num_best_groups * group_size)
+  values, positions = lax.top_k(candidates, min(k, num_best_groups * group_size))
   return values, jnp.take_along_axis(candidate_index, positions, axis=1), status
 
 
@@ -226,7 +233,7 @@ def _merge_top_k(values_a, index_a, values_b, index_b, k):
 
 
 @functools.lru_cache(maxsize=32)
-def _compile_kernels(mesh: Mesh, plan: SearchPlan):
+def _compile_kernels(mesh: Mesh, plan: SearchPlan, centred: bool = False):
   """The jitted kernels for one mesh and one plan: normalize synthetic rows, and one block step."""
   rows = PartitionSpec(mesh.axis_names)
   replicated = parallel.replicated(mesh)
@@ -243,11 +250,15 @@ def _compile_kernels(mesh: Mesh, plan: SearchPlan):
     def scan_tile(carry, xs):
       tile_rows, tile_index = xs
       values, index, status = _tile_top_k(synthetic_unit, synthetic_sum, tile_rows, tile_index,
-                                          k)
+                                          k, centred)
       return _merge_top_k(*carry, values, index, k), status
 
-    (values, index), status = lax.scan(scan_tile, (best_values[0], best_index[0]),
-                                       (tiles, tile_indices))
+    carry = (best_values[0], best_index[0])
+    if plan.tiles_per_device == 1:  # the default: no loop to compile
+      carry, status = scan_tile(carry, (tiles[0], tile_indices[0]))
+    else:
+      carry, status = lax.scan(scan_tile, carry, (tiles, tile_indices))
+    values, index = carry
     return values[None], index[None], status.reshape(-1)
 
   sharded_block = jax.shard_map(
@@ -293,8 +304,8 @@ class _BlockReader:
   def _buffer(self, ring_slot: int, device_slot: int) -> np.ndarray:
     key = (ring_slot, device_slot)
     if key not in self._buffers:
-      self._buffers[key] = _aligned_empty((self._plan.rows_per_device, self._plan.image_size),
-                                          self._dtype)
+      self._buffers[key] = sources_lib.aligned_empty(
+          (self._plan.rows_per_device, self._plan.image_size), self._dtype)
     return self._buffers[key]
 
   def _without_copy(self, first: int, last: int) -> np.ndarray | None:
@@ -363,18 +374,6 @@ class _BlockReader:
     self._buffers.clear()
 
 
-def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype, alignment: int = 64) -> np.ndarray:
-  """An uninitialized C-contiguous array whose data starts on an `alignment`-byte boundary.
-
-  The CPU backend adopts such a buffer without copying it; numpy's own allocations are only
-  16-byte aligned, which costs a full copy of every block on its way to the device.
-  """
-  size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-  raw = np.empty(size + alignment, np.uint8)
-  offset = (-raw.ctypes.data) % alignment
-  return raw[offset:offset + size].view(dtype).reshape(shape)
-
-
 def _transfer_dtype(source: sources_lib.ImageSource) -> np.dtype:
   """The dtype pixels travel in: the stored one when float32 holds it exactly, else float32."""
   dtype = np.dtype(source.dtype)
@@ -383,19 +382,31 @@ def _transfer_dtype(source: sources_lib.ImageSource) -> np.dtype:
   return np.dtype(np.float32)
 
 
-def _merge_devices(values: np.ndarray, index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-  """Merges per-device top-k lists (devices, N, k) by value descending, then index ascending."""
+def _device_major(values: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-device candidate lists (devices, N, k) side by side as (N, devices * k)."""
   num_devices, n, per = values.shape
-  values = np.moveaxis(values, 0, 1).reshape(n, num_devices * per)
-  index = np.moveaxis(index, 0, 1).reshape(n, num_devices * per).astype(np.int64)
-  # Unused slots (-inf) sort last; among equal values the lower training index comes first.
-  order = np.lexsort((np.where(index < 0, np.iinfo(np.int64).max, index), -values), axis=1)
-  values = np.take_along_axis(values, order, axis=1)[:, :k]
-  index = np.take_along_axis(index, order, axis=1)[:, :k]
-  missing = ~np.isfinite(values)
-  values = np.where(missing, np.nan, values).astype(np.float32)
-  index = np.where(missing, -1, index)
-  return values, index
+  return (np.moveaxis(values, 0, 1).reshape(n, num_devices * per),
+          np.moveaxis(index, 0, 1).reshape(n, num_devices * per))
+
+
+def _merge_candidates(values: np.ndarray, index: np.ndarray, k: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """The k best of each row's candidates, by value descending, then training index ascending.
+
+  Unused slots (-inf or NaN, index -1) sort last and come out as NaN and -1.
+  """
+  index = index.astype(np.int64)
+  usable = np.isfinite(values) & (index >= 0)
+  sort_values = np.where(usable, values, -np.inf)
+  sort_index = np.where(usable, index, np.iinfo(np.int64).max)
+  order = np.lexsort((sort_index, -sort_values), axis=1)[:, :k]
+  values = np.take_along_axis(np.where(usable, values, np.nan), order, axis=1)
+  index = np.take_along_axis(np.where(usable, index, -1), order, axis=1)
+  if values.shape[1] < k:  # fewer candidates than k
+    pad = k - values.shape[1]
+    values = np.pad(values, ((0, 0), (0, pad)), constant_values=np.nan)
+    index = np.pad(index, ((0, 0), (0, pad)), constant_values=-1)
+  return values.astype(np.float32), index
 
 
 def search_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: int | None = None,
@@ -414,59 +425,89 @@ def search_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: in
   image_size = int(np.prod(train.shape))
   plan = plan_search(len(synthetic), len(train), image_size, k, parallel.mesh_size(mesh),
                      block_size=block_size, tile_size=tile_size, synthetic_chunk=synthetic_chunk)
-  normalize_synthetic, block_step = _compile_kernels(mesh, plan)
-  rows = parallel.rows_sharding(mesh)
-  replicated = parallel.replicated(mesh)
-  train_dtype = _transfer_dtype(train)
-  synthetic_dtype = _transfer_dtype(synthetic)
-  per_slot = min(k, plan.tile_size * plan.tiles_per_device)
+  values, index, synthetic_status, train_status = _stream(
+      synthetic, train, plan, mesh, centred=False, progress=progress, description=description)
 
-  all_values, all_index = [], []
-  synthetic_status = np.zeros(plan.num_synthetic, np.int8)
-  train_status = np.zeros(plan.num_train, np.int8)
-  progress_bar = _progress_bar(plan, description, progress)
-  reader = _BlockReader(train, plan, mesh, train_dtype)
-  try:
-    for chunk_start in range(0, plan.num_synthetic, plan.synthetic_chunk):
-      chunk_stop = min(chunk_start + plan.synthetic_chunk, plan.num_synthetic)
-      chunk = np.zeros((plan.synthetic_chunk, image_size), synthetic_dtype)
-      chunk[:chunk_stop - chunk_start] = synthetic.read(
-          chunk_start, chunk_stop, dtype=synthetic_dtype).reshape(chunk_stop - chunk_start, -1)
-      synthetic_unit, synthetic_sum, status = normalize_synthetic(
-          jax.device_put(chunk, replicated))
-      synthetic_status[chunk_start:chunk_stop] = parallel.to_host(status)[:chunk_stop - chunk_start]
-      _raise_on_non_finite(synthetic, synthetic_status, "synthetic")
-      best_values = jax.device_put(
-          np.full((plan.num_devices, plan.synthetic_chunk, per_slot), -np.inf, np.float32), rows)
-      best_index = jax.device_put(
-          np.full((plan.num_devices, plan.synthetic_chunk, per_slot), -1, np.int32), rows)
-      in_flight = collections.deque()
-      first_chunk = chunk_start == 0
-      for start, stop, block, block_index in reader.blocks():
-        best_values, best_index, block_status = block_step(
-            best_values, best_index, synthetic_unit, synthetic_sum, block, block_index)
-        in_flight.append((start, stop, block_status))
-        if len(in_flight) > 1:  # wait for the block before: at most two blocks live at once
-          _collect_status(*in_flight.popleft(), train_status if first_chunk else None, plan,
-                          train, progress_bar, chunk_stop - chunk_start)
-      while in_flight:
-        _collect_status(*in_flight.popleft(), train_status if first_chunk else None, plan,
-                        train, progress_bar, chunk_stop - chunk_start)
-      values, index = _merge_devices(parallel.to_host(best_values), parallel.to_host(best_index), k)
-      all_values.append(values[:chunk_stop - chunk_start])
-      all_index.append(index[:chunk_stop - chunk_start])
-  finally:
-    reader.close()
-    progress_bar.close()
+  recentre = np.flatnonzero(train_status == RECENTRE)
+  if recentre.size:
+    # Training images with a large offset under little texture: searched again, centred first.
+    subset = sources_lib.IndexedSource(train, recentre)
+    subset_plan = plan_search(len(synthetic), len(subset), image_size, k,
+                              parallel.mesh_size(mesh), synthetic_chunk=plan.synthetic_chunk)
+    subset_values, subset_index, _, subset_status = _stream(
+        synthetic, subset, subset_plan, mesh, centred=True, progress=progress,
+        description=f"{description} (re-centred)")
+    train_status[recentre] = subset_status
+    subset_index = np.where(subset_index >= 0, recentre[np.maximum(subset_index, 0)], -1)
+    values, index = _merge_candidates(np.concatenate([values, subset_values], axis=1),
+                                      np.concatenate([index, subset_index], axis=1), k)
 
-  values = np.concatenate(all_values)
-  index = np.concatenate(all_index)
   no_correlation = synthetic_status != OK
   values[no_correlation] = np.nan
   index[no_correlation] = -1
   return SearchResult(values=values, indices=index,
                       zero_variance_synthetic=np.flatnonzero(synthetic_status == ZERO_VARIANCE),
                       zero_variance_train=np.flatnonzero(train_status == ZERO_VARIANCE))
+
+
+def _stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
+            plan: SearchPlan, mesh: Mesh, *, centred: bool, progress: bool, description: str
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """One streamed pass of the training set per synthetic chunk.
+
+  Returns values, indices (N_synthetic, k), and the synthetic and training status codes.
+  """
+  normalize_synthetic, block_step = _compile_kernels(mesh, plan, centred)
+  rows = parallel.rows_sharding(mesh)
+  replicated = parallel.replicated(mesh)
+  synthetic_dtype = _transfer_dtype(synthetic)
+  per_slot = min(plan.k, plan.tile_size * plan.tiles_per_device)
+
+  all_values, all_index = [], []
+  synthetic_status = np.zeros(plan.num_synthetic, np.int8)
+  train_status = np.zeros(plan.num_train, np.int8)
+  progress_bar = _progress_bar(plan, description, progress)
+  reader = _BlockReader(train, plan, mesh, _transfer_dtype(train))
+  try:
+    for chunk_start in range(0, plan.num_synthetic, plan.synthetic_chunk):
+      chunk_stop = min(chunk_start + plan.synthetic_chunk, plan.num_synthetic)
+      count = chunk_stop - chunk_start
+      chunk = sources_lib.aligned_empty((plan.synthetic_chunk, plan.image_size), synthetic_dtype)
+      synthetic.read_into(chunk_start, chunk_stop,
+                          chunk[:count].reshape((count,) + tuple(synthetic.shape)))
+      chunk[count:] = 0
+      synthetic_unit, synthetic_sum, status = normalize_synthetic(
+          jax.device_put(chunk, replicated))
+      synthetic_status[chunk_start:chunk_stop] = parallel.to_host(status)[:count]
+      _raise_on_non_finite(synthetic, synthetic_status, "synthetic")
+      best_values = jax.device_put(
+          np.full((plan.num_devices, plan.synthetic_chunk, per_slot), -np.inf, np.float32), rows)
+      best_index = jax.device_put(
+          np.full((plan.num_devices, plan.synthetic_chunk, per_slot), -1, np.int32), rows)
+      first_chunk = chunk_start == 0
+      in_flight = collections.deque()
+
+      def collect():
+        _collect_status(*in_flight.popleft(), train_status if first_chunk else None, plan,
+                        train, progress_bar, count)
+
+      for start, stop, block, block_index in reader.blocks():
+        best_values, best_index, block_status = block_step(
+            best_values, best_index, synthetic_unit, synthetic_sum, block, block_index)
+        in_flight.append((start, stop, block_status))
+        if len(in_flight) > 1:  # wait for the block before: at most two blocks live at once
+          collect()
+      while in_flight:
+        collect()
+      values, index = _merge_candidates(*_device_major(parallel.to_host(best_values),
+                                                       parallel.to_host(best_index)), plan.k)
+      all_values.append(values[:count])
+      all_index.append(index[:count])
+  finally:
+    reader.close()
+    progress_bar.close()
+  return (np.concatenate(all_values), np.concatenate(all_index), synthetic_status,
+          train_status)
 
 
 def top_k_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: int | None = None,
