@@ -59,7 +59,7 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
                                                   mesh=mesh, progress=progress,
                                                   description="training vs holdout")
     holdout_max = calibration.values[:, 0]
-    chosen = detectors.holdout_threshold(holdout_max, holdout_percentile)
+    chosen = detectors.holdout_threshold(holdout_max, holdout_percentile, len(holdout))
   else:
     chosen = detectors.fixed_threshold(threshold)
 

@@ -461,7 +461,7 @@ def _stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
   rows = parallel.rows_sharding(mesh)
   replicated = parallel.replicated(mesh)
   synthetic_dtype = _transfer_dtype(synthetic)
-  per_slot = min(plan.k, plan.tile_size * plan.tiles_per_device)
+  per_slot = plan.k
 
   all_values, all_index = [], []
   synthetic_status = np.zeros(plan.num_synthetic, np.int8)

@@ -23,8 +23,13 @@ class Threshold:
   description: str  # one sentence for people
 
 
-def holdout_threshold(holdout_max: np.ndarray, percentile: float = 95.0) -> Threshold:
-  """Dar et al.'s rule from each training image's best similarity with the held-out set."""
+def holdout_threshold(holdout_max: np.ndarray, percentile: float = 95.0,
+                      num_holdout: int | None = None) -> Threshold:
+  """Dar et al.'s rule from each training image's best similarity with the held-out set.
+
+  A best match over fewer images is lower, so a holdout set much smaller than the training set
+  gives a threshold that is biased low; the description says so when `num_holdout` shows it.
+  """
   defined = holdout_max[np.isfinite(holdout_max)]
   if defined.size == 0:
     raise ValueError("no training image has a defined correlation with the holdout set "
@@ -32,11 +37,16 @@ def holdout_threshold(holdout_max: np.ndarray, percentile: float = 95.0) -> Thre
   if not 0.0 < percentile < 100.0:
     raise ValueError(f"the holdout percentile must be in (0, 100), got {percentile}")
   value = float(np.percentile(defined.astype(np.float64), percentile))
-  return Threshold(
-      value=value, rule="holdout_percentile",
-      description=(f"{percentile:g}th percentile of each training image's best correlation with "
-                   f"the held-out real images, over {defined.size} training images (Dar et al. 2023): a synthetic "
-                   "image more similar to a training image than that is called memorized"))
+  description = (f"{percentile:g}th percentile of each training image's best correlation with "
+                 f"the held-out real images, over {defined.size} training images (Dar et al. "
+                 "2023): a synthetic image at least as similar to a training image is called "
+                 "memorized")
+  if num_holdout is not None and num_holdout < holdout_max.size / 2:
+    description += (f". The holdout set ({num_holdout} images) is much smaller than the training "
+                    f"set ({holdout_max.size}): a best match over fewer images is lower, so this "
+                    "threshold is biased low and flags more images; use a holdout set of a "
+                    "similar size")
+  return Threshold(value=value, rule="holdout_percentile", description=description)
 
 
 def fixed_threshold(value: float) -> Threshold:
