@@ -6,6 +6,7 @@ import json
 import pathlib
 from collections.abc import Callable
 
+import jax
 import ml_collections
 
 from memjax import parallel
@@ -60,6 +61,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     raise NotADirectoryError(f"--workdir={workdir} is a file; give a directory (it is created "
                              "if missing)")
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(
-      json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(
+        json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
   return WORKFLOWS[workflow](config, workdir)

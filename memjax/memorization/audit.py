@@ -15,6 +15,7 @@ import pathlib
 import time
 from typing import Any
 
+import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -64,9 +65,11 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
     chosen = detectors.fixed_threshold(threshold)
 
   memorized = detectors.is_memorized(max_correlation, chosen.value)
-  _write_matches(out_dir / "matches.csv", synthetic, train, result, memorized)
   summary = _summary(synthetic, train, holdout, result, holdout_max, chosen, memorized, k,
                      search_seconds)
+  if jax.process_index() != 0:  # every host holds the result; one writes it
+    return summary
+  _write_matches(out_dir / "matches.csv", synthetic, train, result, memorized)
   (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   report_lib.write_audit_report(
       out_dir, synthetic=synthetic, train=train, max_correlation=max_correlation,
