@@ -39,7 +39,8 @@ def audit(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
       workdir,
       synthetic=synthetic, train=train, holdout=holdout, k=options.k,
       threshold=options.threshold, holdout_percentile=options.holdout_percentile,
-      block_size=options.block_size or None, mesh=mesh, num_pairs=options.num_pairs,
+      block_size=options.block_size or None, mesh=mesh, precision=options.precision,
+      num_pairs=options.num_pairs,
       redact_training_images=options.redact_training_images, progress=options.progress)
 
 

@@ -34,6 +34,9 @@ def assert_exact_top_k(values, indices, reference, k, atol=1e-5):
     assert len(set(row.tolist())) == k, "a training image listed twice"
 
 
+PRECISIONS = ["float32", "bfloat16x3"]
+
+
 @pytest.fixture(scope="module")
 def mesh4():
   return parallel.data_mesh(4)
@@ -44,14 +47,16 @@ def mesh1():
   return parallel.data_mesh(1)
 
 
-def test_random_images_match_float64(rng, mesh4):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_random_images_match_float64(rng, mesh4, precision):
   train = rng.random((300, 20, 20), dtype=np.float32)
   synthetic = rng.random((41, 20, 20), dtype=np.float32)
-  values, indices = top_k_correlation(synthetic, train, k=4, mesh=mesh4)
+  values, indices = top_k_correlation(synthetic, train, k=4, mesh=mesh4, precision=precision)
   assert_exact_top_k(values, indices, pearson_float64(synthetic, train), 4)
 
 
-def test_uint8_images_and_planted_copies(rng, mesh4):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_uint8_images_and_planted_copies(rng, mesh4, precision):
   train = rng.integers(0, 256, (257, 16, 16), dtype=np.uint8)
   synthetic = rng.integers(0, 256, (30, 16, 16), dtype=np.uint8)
   synthetic[0] = train[3]  # exact copy
@@ -59,7 +64,7 @@ def test_uint8_images_and_planted_copies(rng, mesh4):
   noisy = train[200].astype(np.float64) + rng.normal(0, 20, (16, 16))
   synthetic[2] = np.clip(np.round(noisy), 0, 255)  # noisy copy
   reference = pearson_float64(synthetic, train)
-  values, indices = top_k_correlation(synthetic, train, k=3, mesh=mesh4)
+  values, indices = top_k_correlation(synthetic, train, k=3, mesh=mesh4, precision=precision)
   assert_exact_top_k(values, indices, reference, 3)
   assert indices[0, 0] == 3 and values[0, 0] == pytest.approx(1.0, abs=1e-6)
   assert indices[1, 0] == 100 and values[1, 0] > 0.999
@@ -67,29 +72,34 @@ def test_uint8_images_and_planted_copies(rng, mesh4):
   assert np.all(values[3:, 0] < 0.5)
 
 
-def test_scaled_float_copy_is_a_perfect_correlation(rng, mesh1):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_scaled_float_copy_is_a_perfect_correlation(rng, mesh1, precision):
   train = rng.random((100, 12, 12), dtype=np.float32)
   synthetic = (3.5 * train[[42, 7]] - 1.25).astype(np.float32)
-  values, indices = top_k_correlation(synthetic, train, mesh=mesh1)
+  values, indices = top_k_correlation(synthetic, train, mesh=mesh1, precision=precision)
   np.testing.assert_array_equal(indices[:, 0], [42, 7])
   np.testing.assert_allclose(values[:, 0], 1.0, atol=1e-6)
   assert np.all(values <= 1.0), "a correlation never exceeds 1"
 
 
-def test_identical_for_any_block_size_and_device_count(rng, mesh1, mesh4):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_identical_for_any_block_size_and_device_count(rng, mesh1, mesh4, precision):
   train = rng.integers(0, 256, (301, 10, 10), dtype=np.uint8)
   synthetic = rng.integers(0, 256, (23, 10, 10), dtype=np.uint8)
   synthetic[:3] = train[[0, 150, 300]]
-  expected_values, expected_indices = top_k_correlation(synthetic, train, k=5, mesh=mesh1)
+  expected_values, expected_indices = top_k_correlation(synthetic, train, k=5, mesh=mesh1,
+                                                        precision=precision)
   assert_exact_top_k(expected_values, expected_indices, pearson_float64(synthetic, train), 5)
   for mesh in (mesh1, mesh4):
     for block_size in (1, 3, 7, 63, 64, 65, 299, 301, 1000):
-      values, indices = top_k_correlation(synthetic, train, k=5, block_size=block_size, mesh=mesh)
+      values, indices = top_k_correlation(synthetic, train, k=5, block_size=block_size, mesh=mesh,
+                                          precision=precision)
       np.testing.assert_array_equal(values, expected_values, err_msg=f"block_size={block_size}")
       np.testing.assert_array_equal(indices, expected_indices, err_msg=f"block_size={block_size}")
 
 
-def test_ties_go_to_the_lower_training_index(rng, mesh1, mesh4):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_ties_go_to_the_lower_training_index(rng, mesh1, mesh4, precision):
   train = rng.random((200, 8, 8), dtype=np.float32)
   duplicated = [5, 17, 130, 199]
   for j in duplicated[1:]:
@@ -98,23 +108,25 @@ def test_ties_go_to_the_lower_training_index(rng, mesh1, mesh4):
   for mesh in (mesh1, mesh4):
     for block_size in (None, 9, 64):
       values, indices = top_k_correlation(synthetic, train, k=6, block_size=block_size,
-                                          mesh=mesh)
+                                          mesh=mesh, precision=precision)
       np.testing.assert_array_equal(indices[0, :4], duplicated)
       assert np.all(values[0, :4] == values[0, 0])
       assert values[0, 4] < 0.9
 
 
-def test_k_larger_than_a_tile_and_than_the_training_set(rng, mesh4):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_k_larger_than_a_tile_and_than_the_training_set(rng, mesh4, precision):
   train = rng.random((70, 6, 6), dtype=np.float32)
   synthetic = rng.random((5, 6, 6), dtype=np.float32)
-  values, indices = top_k_correlation(synthetic, train, k=70, mesh=mesh4)
+  values, indices = top_k_correlation(synthetic, train, k=70, mesh=mesh4, precision=precision)
   assert_exact_top_k(values, indices, pearson_float64(synthetic, train), 70)
-  values, indices = top_k_correlation(synthetic, train, k=75, mesh=mesh4)
+  values, indices = top_k_correlation(synthetic, train, k=75, mesh=mesh4, precision=precision)
   assert np.all(np.isnan(values[:, 70:])) and np.all(indices[:, 70:] == -1)
   assert_exact_top_k(values[:, :70], indices[:, :70], pearson_float64(synthetic, train), 70)
 
 
-def test_zero_variance_images_have_no_correlation(rng, mesh4):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_zero_variance_images_have_no_correlation(rng, mesh4, precision):
   train = rng.random((90, 10, 10), dtype=np.float32)
   train[4] = 0.1  # a constant whose float32 mean is not exact
   train[60] = 0.0
@@ -122,7 +134,8 @@ def test_zero_variance_images_have_no_correlation(rng, mesh4):
   synthetic[1] = 7.0
   synthetic[3] = train[4]
   synthetic[5] = train[61]
-  result = correlation.search_correlation(synthetic, train, k=3, mesh=mesh4)
+  result = correlation.search_correlation(synthetic, train, k=3, mesh=mesh4,
+                                          precision=precision)
   assert np.all(np.isnan(result.values[[1, 3]])) and np.all(result.indices[[1, 3]] == -1)
   np.testing.assert_array_equal(result.zero_variance_synthetic, [1, 3])
   np.testing.assert_array_equal(result.zero_variance_train, [4, 60])
@@ -144,33 +157,36 @@ def test_nearly_constant_image_is_still_correlated(rng, mesh1):
   np.testing.assert_array_equal(result.zero_variance_train, [69])
 
 
-def test_large_offset_small_texture_stays_exact(rng, mesh4):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_large_offset_small_texture_stays_exact(rng, mesh4, precision):
   train = (1000.0 + rng.normal(0, 1, (130, 24, 24))).astype(np.float32)
   synthetic = (1000.0 + rng.normal(0, 1, (9, 24, 24))).astype(np.float32)
   synthetic[0] = train[77] + rng.normal(0, 0.5, (24, 24)).astype(np.float32)
-  values, indices = top_k_correlation(synthetic, train, k=2, mesh=mesh4)
+  values, indices = top_k_correlation(synthetic, train, k=2, mesh=mesh4, precision=precision)
   assert_exact_top_k(values, indices, pearson_float64(synthetic, train), 2)
   assert indices[0, 0] == 77
 
 
-def test_large_images_stay_within_1e5(rng, mesh1):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_large_images_stay_within_1e5(rng, mesh1, precision):
   train = rng.integers(0, 4096, (40, 128, 128), dtype=np.uint16)
   synthetic = rng.integers(0, 4096, (6, 128, 128), dtype=np.uint16)
   synthetic[0] = np.clip(train[9].astype(np.int32) + rng.integers(-300, 300, (128, 128)), 0, 4095)
-  values, indices = top_k_correlation(synthetic, train, k=3, mesh=mesh1)
+  values, indices = top_k_correlation(synthetic, train, k=3, mesh=mesh1, precision=precision)
   assert_exact_top_k(values, indices, pearson_float64(synthetic, train), 3)
 
 
-def test_volumes_and_channels(rng, mesh4):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_volumes_and_channels(rng, mesh4, precision):
   volumes = rng.random((40, 6, 8, 8), dtype=np.float32)
   queries = np.concatenate([volumes[[12]], rng.random((3, 6, 8, 8), dtype=np.float32)])
-  values, indices = top_k_correlation(queries, volumes, k=2, mesh=mesh4)
+  values, indices = top_k_correlation(queries, volumes, k=2, mesh=mesh4, precision=precision)
   assert_exact_top_k(values, indices, pearson_float64(queries, volumes), 2)
   assert indices[0, 0] == 12
   channels = rng.random((50, 8, 8, 5), dtype=np.float32)
   queries = channels[[3, 4]].copy()
   queries[1, ..., 4] = 0  # one channel differs: all channels count together
-  values, indices = top_k_correlation(queries, channels, k=1, mesh=mesh4)
+  values, indices = top_k_correlation(queries, channels, k=1, mesh=mesh4, precision=precision)
   np.testing.assert_array_equal(indices[:, 0], [3, 4])
   assert values[0, 0] == pytest.approx(1.0, abs=1e-6) and values[1, 0] < 0.99
   assert_exact_top_k(values, indices, pearson_float64(queries, channels), 1)
@@ -246,7 +262,8 @@ def test_aligned_arrays_stream_without_copies_and_agree(rng, mesh4):
   assert_exact_top_k(*got, pearson_float64(synthetic, data), 3)
 
 
-def test_offset_rows_are_searched_again_centred_and_merged(rng, mesh4):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_offset_rows_are_searched_again_centred_and_merged(rng, mesh4, precision):
   # Most training images are ordinary; a few sit on a large offset with little texture, which the
   # raw product cannot rank to 1e-5: they must come back through the centred pass, merged by rank.
   train = rng.random((200, 12, 12), dtype=np.float32)
@@ -256,7 +273,8 @@ def test_offset_rows_are_searched_again_centred_and_merged(rng, mesh4):
   synthetic[0] = train[77] - 500.0 + rng.normal(0, 0.01, (12, 12)).astype(np.float32)
   synthetic[1] = train[20]
   reference = pearson_float64(synthetic, train)
-  result = correlation.search_correlation(synthetic, train, k=4, mesh=mesh4, block_size=37)
+  result = correlation.search_correlation(synthetic, train, k=4, mesh=mesh4, block_size=37,
+                                          precision=precision)
   assert_exact_top_k(result.values, result.indices, reference, 4)
   assert result.indices[0, 0] == 77 and result.indices[1, 0] == 20
   assert result.zero_variance_train.size == 0
@@ -285,3 +303,15 @@ def test_small_tiles_for_large_images(rng, mesh4):
   assert correlation.default_tile_size(240 * 240 * 155, 300) == correlation.TILE_MULTIPLE
   with pytest.raises(ValueError, match="multiple of 8"):
     top_k_correlation(synthetic, train, mesh=mesh4, tile_size=12)
+
+
+def test_precisions_agree_and_auto_resolves(rng, mesh4):
+  train = rng.integers(0, 65535, (90, 20, 20), dtype=np.uint16)
+  synthetic = np.concatenate([train[[4, 80]], rng.integers(0, 65535, (5, 20, 20), np.uint16)])
+  float32 = top_k_correlation(synthetic, train, k=3, mesh=mesh4, precision="float32")
+  split = top_k_correlation(synthetic, train, k=3, mesh=mesh4, precision="bfloat16x3")
+  np.testing.assert_array_equal(split[1], float32[1])
+  np.testing.assert_allclose(split[0], float32[0], atol=2e-6)
+  assert correlation.resolve_precision("auto", mesh4) in ("float32", "bfloat16x3")
+  with pytest.raises(ValueError, match="precision"):
+    top_k_correlation(synthetic, train, mesh=mesh4, precision="float16")

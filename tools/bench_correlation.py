@@ -97,6 +97,9 @@ def main():
   parser.add_argument("--num_train", type=int, default=16000)
   parser.add_argument("--size", type=int, default=64, help="images are size x size")
   parser.add_argument("--k", type=int, default=1)
+  parser.add_argument("--dtype", default="uint8", choices=["uint8", "float32"],
+                      help="stored pixels: 8-bit images (PNG, JPEG) or float32")
+  parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16x3"])
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--pearsonr_pairs", type=int, default=2000,
                       help="pairs timed for the seed paper's double loop")
@@ -109,22 +112,29 @@ def main():
 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from memjax import parallel  # pylint: disable=g-import-not-at-top
   from memjax.data import sources  # pylint: disable=g-import-not-at-top
   from memjax.memorization import correlation  # pylint: disable=g-import-not-at-top
 
   n_s, n_t, d = args.num_synthetic, args.num_train, args.size * args.size
   flops = 2.0 * n_s * n_t * d
   rng = np.random.default_rng(0)
-  synthetic = rng.random((n_s, args.size, args.size), dtype=np.float32)
-  train = rng.random((n_t, args.size, args.size), dtype=np.float32)
+  if args.dtype == "uint8":
+    synthetic = rng.integers(0, 256, (n_s, args.size, args.size), dtype=np.uint8)
+    train = rng.integers(0, 256, (n_t, args.size, args.size), dtype=np.uint8)
+  else:
+    synthetic = rng.random((n_s, args.size, args.size), dtype=np.float32)
+    train = rng.random((n_t, args.size, args.size), dtype=np.float32)
   synthetic[:10] = train[rng.choice(n_t, 10, replace=False)]  # planted copies, checked below
   # The same training set in a 64-byte aligned array, which the CPU device adopts without a copy
   # (numpy's own arrays are 16-byte aligned: the search then copies each block once).
   train_aligned = sources.aligned_empty(train.shape, train.dtype)
   train_aligned[...] = train
 
+  precision = correlation.resolve_precision(args.precision, parallel.data_mesh())
   print(f"memjax correlation search benchmark: {n_s} synthetic x {n_t} training images of "
-        f"{args.size}x{args.size} (D={d}), k={args.k}, float32")
+        f"{args.size}x{args.size} (D={d}), k={args.k}, {args.dtype} pixels, memjax precision "
+        f"{precision}")
   print(f"jax {jax.__version__} on {jax.device_count()} {jax.devices()[0].platform} device(s); "
         f"{os.cpu_count()} CPU cores")
   try:
@@ -143,25 +153,26 @@ def main():
 
   # memjax: the first call includes tracing and compilation.
   start = time.perf_counter()
-  values, index = correlation.top_k_correlation(synthetic, train_aligned, k=args.k)
+  values, index = correlation.top_k_correlation(synthetic, train_aligned, k=args.k, precision=precision)
   first = time.perf_counter() - start
   steady, (values, index) = _best_of(
-      lambda: correlation.top_k_correlation(synthetic, train_aligned, k=args.k), args.repeats)
+      lambda: correlation.top_k_correlation(synthetic, train_aligned, k=args.k, precision=precision), args.repeats)
   unaligned, (values_u, index_u) = _best_of(
-      lambda: correlation.top_k_correlation(synthetic, train, k=args.k), args.repeats)
+      lambda: correlation.top_k_correlation(synthetic, train, k=args.k, precision=precision), args.repeats)
   assert np.array_equal(index_u, index) and np.array_equal(values_u, values)
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "train.npy")
     np.save(path, train)
     from_file, (values_f, index_f) = _best_of(
-        lambda: correlation.top_k_correlation(synthetic, path, k=args.k), args.repeats)
+        lambda: correlation.top_k_correlation(synthetic, path, k=args.k, precision=precision), args.repeats)
   assert np.array_equal(index_f, index) and np.array_equal(values_f, values)
 
   # Bare products: the floor any exact brute-force search stands on.
-  bare_numpy, _ = _best_of(lambda: synthetic.reshape(n_s, d) @ train.reshape(n_t, d).T,
-                           args.repeats)
-  s_dev = jax.device_put(synthetic.reshape(n_s, d))
-  t_dev = jax.device_put(train.reshape(n_t, d))
+  s_float = synthetic.reshape(n_s, d).astype(np.float32)
+  t_float = train.reshape(n_t, d).astype(np.float32)
+  bare_numpy, _ = _best_of(lambda: s_float @ t_float.T, args.repeats)
+  s_dev = jax.device_put(s_float)
+  t_dev = jax.device_put(t_float)
   bare_dot = jax.jit(lambda a, b: jnp.dot(a, b.T, precision="highest"))
   bare_dot(s_dev, t_dev).block_until_ready()
   bare_xla, _ = _best_of(lambda: bare_dot(s_dev, t_dev).block_until_ready(), args.repeats)
@@ -200,7 +211,7 @@ def main():
 
   from scipy import stats  # pylint: disable=g-import-not-at-top
   pairs = args.pearsonr_pairs
-  s_flat, t_flat = synthetic.reshape(n_s, d), train.reshape(n_t, d)
+  s_flat, t_flat = s_float, t_float
   start = time.perf_counter()
   for p in range(pairs):
     stats.pearsonr(s_flat[p % n_s], t_flat[(p * 7919) % n_t])

@@ -31,7 +31,7 @@ _MAX_IDS_LISTED = 100
 def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdout: Any = None,
               k: int = 1, threshold: float = 0.95, holdout_percentile: float = 95.0,
               block_size: int | None = None, mesh: Mesh | None = None,
-              num_pairs: int = 8, redact_training_images: bool = False,
+              precision: str = "auto", num_pairs: int = 8, redact_training_images: bool = False,
               progress: bool = True) -> dict[str, Any]:
   """Audits `synthetic` against `train`; returns the summary that it writes to summary.json.
 
@@ -49,7 +49,7 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
 
   start = time.perf_counter()
   result = correlation.search_correlation(synthetic, train, k, block_size=block_size, mesh=mesh,
-                                          progress=progress,
+                                          precision=precision, progress=progress,
                                           description="synthetic vs training")
   search_seconds = time.perf_counter() - start
   max_correlation = result.values[:, 0]
@@ -57,7 +57,8 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
   holdout_max = None
   if holdout is not None:
     calibration = correlation.search_correlation(train, holdout, 1, block_size=block_size,
-                                                  mesh=mesh, progress=progress,
+                                                  mesh=mesh, precision=precision,
+                                                  progress=progress,
                                                   description="training vs holdout")
     holdout_max = calibration.values[:, 0]
     chosen = detectors.holdout_threshold(holdout_max, holdout_percentile, len(holdout))
@@ -142,7 +143,8 @@ def _summary(synthetic, train, holdout, result, holdout_max, chosen, memorized, 
                                             if holdout_max is not None else None),
       "zero_variance": {"synthetic": _ids(synthetic, result.zero_variance_synthetic),
                         "train": _ids(train, result.zero_variance_train)},
-      "search_seconds": search_seconds,
+      "search": {"seconds": search_seconds, "precision": result.precision,
+                 "devices": result.num_devices},
   }
   return _json_safe(summary)
 

@@ -8,8 +8,12 @@ flattened, mean-centred, unit-norm vectors, so the search is a matrix product fo
   from its source (folder, .npy, array) while the devices compute block j; each block is split by
   rows over every device of the mesh, and each device keeps a running top-k of its rows. Only two
   blocks are ever in flight, so peak memory does not grow with the training set.
-* Pixels travel in their stored dtype (uint8 images move 4x fewer bytes than float32) and are
-  converted, centred and normalized on the device.
+* Pixels travel in their stored dtype (uint8 images move 4x fewer bytes than float32). The
+  synthetic images are centred and normalized on the device; the training tile is never rewritten:
+  its mean and norm are applied to the products (see `_tile_top_k`).
+* The products run in float32, or as split bfloat16 products on the machine's bfloat16 matrix
+  unit (AMX, tensor cores, the MXU), which carry 16 significant bits of every value (8-bit pixels
+  exactly) and stay within 1e-6 of float32: `precision="auto"` picks them where they are fast.
 * Each device works through its rows in tiles of a fixed shape (`tile_size` rows). A matrix
   product's rounding depends on its shapes, so fixed tiles make every correlation bitwise the same
   whatever the block size or the number of devices: the result is a function of the images alone.
@@ -64,6 +68,8 @@ class SearchResult:
   indices: np.ndarray
   zero_variance_synthetic: np.ndarray
   zero_variance_train: np.ndarray
+  precision: str = "float32"  # the products used: "float32" or "bfloat16x3"
+  num_devices: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +130,8 @@ def plan_search(num_synthetic: int, num_train: int, image_size: int, k: int, num
   if k < 1:
     raise ValueError(f"k must be at least 1, got {k}")
   if num_train < 1 or num_synthetic < 1:
-    raise ValueError(f"nothing to search: {num_synthetic} synthetic and {num_train} training images")
+    raise ValueError(
+        f"nothing to search: {num_synthetic} synthetic and {num_train} training images")
   if num_train >= 2**31 - 1:
     raise ValueError(f"{num_train} training images: more than the int32 indices the kernel keeps")
   tile = tile_size or default_tile_size(image_size, num_train)
@@ -149,16 +156,51 @@ def plan_search(num_synthetic: int, num_train: int, image_size: int, k: int, num
                     block_size=block_size, synthetic_chunk=synthetic_chunk)
 
 
-def _normalize_rows(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Rows of x as mean-centred unit vectors (float32), their sums, and their status codes.
+def _normalize_rows(x: jax.Array, precision: str
+                    ) -> tuple[tuple[jax.Array, ...], jax.Array, jax.Array]:
+  """Rows of x as mean-centred unit vectors, ready for the products, their sums, and statuses.
 
-  The sums are what rounding leaves of a zero: the search subtracts them times each training
-  image's mean, which makes an uncentred training image exactly as good as a centred one.
+  The operands are (unit,) in float32 or, for "bfloat16x3", (hi, mid): two bfloat16 arrays whose
+  sum carries 16 significant bits of each float32 value. The sums are what rounding leaves of a
+  zero: the search subtracts them times each training image's mean, which makes an uncentred
+  training image exactly as good as a centred one.
   """
   x = x.astype(jnp.float32)
   mean, inverse_norm, status = _row_statistics(x)
   unit = jnp.where((status == OK)[:, None], (x - mean[:, None]) * inverse_norm[:, None], 0.0)
-  return unit, jnp.sum(unit, axis=1), status
+  if precision == "float32":
+    return (unit,), jnp.sum(unit, axis=1), status
+  hi, mid = _split_bfloat16(unit)
+  used = hi.astype(jnp.float32) + mid.astype(jnp.float32)
+  return (hi, mid), jnp.sum(used, axis=1), status
+
+
+def _split_bfloat16(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """x ~ hi + mid in bfloat16, to 16 significant bits (exactly, for 16-bit integers)."""
+  hi = x.astype(jnp.bfloat16)
+  return hi, (x - hi.astype(jnp.float32)).astype(jnp.bfloat16)
+
+
+def _products(synthetic: tuple[jax.Array, ...], rows: jax.Array) -> jax.Array:
+  """synthetic . rows^T with float32 accumulation (num_synthetic, num_rows).
+
+  float32 operands: one product at full precision. bfloat16 operands (hi, mid): the split products
+  hi.t_hi + hi.t_mid + mid.t_hi, which run on a bfloat16 matrix unit (AMX, tensor cores, the
+  MXU) and drop only terms below 2^-16 of each product; 8-bit pixels are exact in bfloat16, so
+  they need two products, not three.
+  """
+  def product(a, b):
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST,
+                           preferred_element_type=jnp.float32)
+
+  if len(synthetic) == 1:
+    return product(synthetic[0], rows.astype(jnp.float32))
+  hi, mid = synthetic
+  if rows.dtype in (jnp.uint8, jnp.int8):
+    exact = rows.astype(jnp.bfloat16)
+    return product(hi, exact) + product(mid, exact)
+  rows_hi, rows_mid = _split_bfloat16(rows.astype(jnp.float32))
+  return product(hi, rows_hi) + product(hi, rows_mid) + product(mid, rows_hi)
 
 
 def _row_statistics(x: jax.Array, max_offset_ratio: float | None = None
@@ -166,13 +208,14 @@ def _row_statistics(x: jax.Array, max_offset_ratio: float | None = None
   """Each row's mean, 1 / norm of the centred row (0 where undefined), and status code.
 
   The mean, then the centred sum of squares (two passes: no cancellation), then the exact test of
-  a constant row, all pixels equal (a rounded mean can leave a constant row a tiny variance).
+  a constant row, max == min (a rounded mean can leave a constant row a tiny variance). x may be
+  of any real dtype; the statistics are float32.
   With `max_offset_ratio`, a row whose |mean| / std exceeds it is marked RECENTRE.
   """
-  mean = jnp.mean(x, axis=1)
-  sum_sq = jnp.sum(jnp.square(x - mean[:, None]), axis=1)
+  mean = jnp.mean(x, axis=1, dtype=jnp.float32)
+  sum_sq = jnp.sum(jnp.square(x.astype(jnp.float32) - mean[:, None]), axis=1)
   finite = jnp.isfinite(mean) & jnp.isfinite(sum_sq)
-  constant = jnp.all(x == x[:, :1], axis=1)
+  constant = jnp.max(x, axis=1) == jnp.min(x, axis=1)
   usable = finite & ~constant & (sum_sq > 0)
   inverse_norm = jnp.where(usable, lax.rsqrt(jnp.where(usable, sum_sq, 1.0)), 0.0)
   status = jnp.where(usable, OK, jnp.where(finite, ZERO_VARIANCE, NON_FINITE))
@@ -182,7 +225,7 @@ def _row_statistics(x: jax.Array, max_offset_ratio: float | None = None
   return mean, inverse_norm, status.astype(jnp.int8)
 
 
-def _tile_top_k(synthetic_unit: jax.Array, synthetic_sum: jax.Array, tile: jax.Array,
+def _tile_top_k(synthetic: tuple[jax.Array, ...], synthetic_sum: jax.Array, tile: jax.Array,
                 tile_index: jax.Array, k: int, centred: bool
                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Exact top-k over one tile of training rows; ties go to the lower training index.
@@ -194,17 +237,13 @@ def _tile_top_k(synthetic_unit: jax.Array, synthetic_sum: jax.Array, tile: jax.A
   `centred` variant, which centres the tile before the product.
   Returns values and training indices (num_synthetic, min(k, tile rows)) and the tile's statuses.
   """
-  tile = tile.astype(jnp.float32)
-  mean, inverse_norm, status = _row_statistics(
-      tile, None if centred else _MAX_OFFSET_RATIO)
+  mean, inverse_norm, status = _row_statistics(tile, None if centred else _MAX_OFFSET_RATIO)
   status = jnp.where(tile_index < 0, jnp.int8(PADDING), status)
   if centred:
-    rows, correction = tile - mean[:, None], 0.0
+    products = _products(synthetic, tile.astype(jnp.float32) - mean[:, None])
   else:
-    rows, correction = tile, synthetic_sum[:, None] * mean[None, :]
-  products = lax.dot_general(synthetic_unit, rows, (((1,), (1,)), ((), ())),
-                             precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
-  scores = (products - correction) * inverse_norm[None, :]
+    products = _products(synthetic, tile) - synthetic_sum[:, None] * mean[None, :]
+  scores = products * inverse_norm[None, :]
   # Rounding can take an exact copy a hair past 1; a correlation never is.
   scores = jnp.where((status == OK)[None, :], jnp.clip(scores, -1.0, 1.0), -jnp.inf)
   num_synthetic, rows = scores.shape
@@ -233,24 +272,24 @@ def _merge_top_k(values_a, index_a, values_b, index_b, k):
 
 
 @functools.lru_cache(maxsize=32)
-def _compile_kernels(mesh: Mesh, plan: SearchPlan, centred: bool = False):
+def _compile_kernels(mesh: Mesh, plan: SearchPlan, centred: bool, precision: str):
   """The jitted kernels for one mesh and one plan: normalize synthetic rows, and one block step."""
   rows = PartitionSpec(mesh.axis_names)
   replicated = parallel.replicated(mesh)
   k, tile = plan.k, plan.tile_size
 
-  @functools.partial(jax.jit, out_shardings=(replicated, replicated, replicated))
+  @functools.partial(jax.jit, out_shardings=replicated)
   def normalize_synthetic(chunk):
-    return _normalize_rows(chunk.reshape(chunk.shape[0], -1))
+    return _normalize_rows(chunk.reshape(chunk.shape[0], -1), precision)
 
-  def local_block(best_values, best_index, synthetic_unit, synthetic_sum, block, block_index):
+  def local_block(best_values, best_index, synthetic, synthetic_sum, block, block_index):
     tiles = block.reshape(plan.tiles_per_device, tile, -1)
     tile_indices = block_index.reshape(plan.tiles_per_device, tile)
 
     def scan_tile(carry, xs):
       tile_rows, tile_index = xs
-      values, index, status = _tile_top_k(synthetic_unit, synthetic_sum, tile_rows, tile_index,
-                                          k, centred)
+      values, index, status = _tile_top_k(synthetic, synthetic_sum, tile_rows, tile_index, k,
+                                          centred)
       return _merge_top_k(*carry, values, index, k), status
 
     carry = (best_values[0], best_index[0])
@@ -409,14 +448,46 @@ def _merge_candidates(values: np.ndarray, index: np.ndarray, k: int
   return values.astype(np.float32), index
 
 
+PRECISIONS = ("auto", "float32", "bfloat16x3")
+
+
+def resolve_precision(precision: str, mesh: Mesh) -> str:
+  """"auto" becomes "bfloat16x3" where bfloat16 products are fast, else "float32"."""
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+  if precision != "auto":
+    return precision
+  platform = mesh.devices.flat[0].platform
+  if platform in ("gpu", "cuda", "rocm", "tpu"):
+    return "bfloat16x3"
+  return "bfloat16x3" if _cpu_has_bfloat16_matrix_unit() else "float32"
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_bfloat16_matrix_unit() -> bool:
+  """True on CPUs with AMX-BF16 (Intel Sapphire Rapids and later), read from /proc/cpuinfo."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return "amx_bf16" in line.split()
+  except OSError:
+    pass
+  return False
+
+
 def search_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: int | None = None,
-                       mesh: Mesh | None = None, tile_size: int | None = None,
-                       synthetic_chunk: int | None = None, progress: bool = False,
+                       mesh: Mesh | None = None, precision: str = "auto",
+                       tile_size: int | None = None, synthetic_chunk: int | None = None,
+                       progress: bool = False,
                        description: str = "correlation search") -> SearchResult:
   """The exact top-k Pearson correlation search with its report of images that have none.
 
   `synthetic` and `train` are arrays (N, *image_shape), `ImageSource`s or paths (folders, .npy,
-  .npz). See the module docstring for how the search streams and shards.
+  .npz). `precision` picks the products: "float32", "bfloat16x3" (split products on a bfloat16
+  matrix unit, within 1e-6 of float32), or "auto" (bfloat16x3 on GPUs, TPUs and CPUs with
+  bfloat16 matrix instructions, else float32). See the module docstring for how the search
+  streams and shards.
   """
   synthetic = sources_lib.open_source(synthetic)
   train = sources_lib.open_source(train)
@@ -425,8 +496,10 @@ def search_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: in
   image_size = int(np.prod(train.shape))
   plan = plan_search(len(synthetic), len(train), image_size, k, parallel.mesh_size(mesh),
                      block_size=block_size, tile_size=tile_size, synthetic_chunk=synthetic_chunk)
+  precision = resolve_precision(precision, mesh)
   values, index, synthetic_status, train_status = _stream(
-      synthetic, train, plan, mesh, centred=False, progress=progress, description=description)
+      synthetic, train, plan, mesh, centred=False, precision=precision, progress=progress,
+      description=description)
 
   recentre = np.flatnonzero(train_status == RECENTRE)
   if recentre.size:
@@ -435,7 +508,8 @@ def search_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: in
     subset_plan = plan_search(len(synthetic), len(subset), image_size, k,
                               parallel.mesh_size(mesh), synthetic_chunk=plan.synthetic_chunk)
     subset_values, subset_index, _, subset_status = _stream(
-        synthetic, subset, subset_plan, mesh, centred=True, progress=progress,
+        synthetic, subset, subset_plan, mesh, centred=True, precision="float32",
+        progress=progress,
         description=f"{description} (re-centred)")
     train_status[recentre] = subset_status
     subset_index = np.where(subset_index >= 0, recentre[np.maximum(subset_index, 0)], -1)
@@ -447,17 +521,18 @@ def search_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: in
   index[no_correlation] = -1
   return SearchResult(values=values, indices=index,
                       zero_variance_synthetic=np.flatnonzero(synthetic_status == ZERO_VARIANCE),
-                      zero_variance_train=np.flatnonzero(train_status == ZERO_VARIANCE))
+                      zero_variance_train=np.flatnonzero(train_status == ZERO_VARIANCE),
+                      precision=precision, num_devices=plan.num_devices)
 
 
 def _stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
-            plan: SearchPlan, mesh: Mesh, *, centred: bool, progress: bool, description: str
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            plan: SearchPlan, mesh: Mesh, *, centred: bool, precision: str, progress: bool,
+            description: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """One streamed pass of the training set per synthetic chunk.
 
   Returns values, indices (N_synthetic, k), and the synthetic and training status codes.
   """
-  normalize_synthetic, block_step = _compile_kernels(mesh, plan, centred)
+  normalize_synthetic, block_step = _compile_kernels(mesh, plan, centred, precision)
   rows = parallel.rows_sharding(mesh)
   replicated = parallel.replicated(mesh)
   synthetic_dtype = _transfer_dtype(synthetic)
@@ -476,7 +551,7 @@ def _stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
       synthetic.read_into(chunk_start, chunk_stop,
                           chunk[:count].reshape((count,) + tuple(synthetic.shape)))
       chunk[count:] = 0
-      synthetic_unit, synthetic_sum, status = normalize_synthetic(
+      synthetic_operands, synthetic_sum, status = normalize_synthetic(
           jax.device_put(chunk, replicated))
       synthetic_status[chunk_start:chunk_stop] = parallel.to_host(status)[:count]
       _raise_on_non_finite(synthetic, synthetic_status, "synthetic")
@@ -493,7 +568,7 @@ def _stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
 
       for start, stop, block, block_index in reader.blocks():
         best_values, best_index, block_status = block_step(
-            best_values, best_index, synthetic_unit, synthetic_sum, block, block_index)
+            best_values, best_index, synthetic_operands, synthetic_sum, block, block_index)
         in_flight.append((start, stop, block_status))
         if len(in_flight) > 1:  # wait for the block before: at most two blocks live at once
           collect()
