@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.audit.holdout_percentile = 95.0  # Dar et al.'s rule, with a holdout set
   config.audit.block_size = 0  # training images per streamed block; 0: chosen by memjax
   config.audit.num_devices = 0  # devices of the mesh; 0: all of them
-  # Products: "float32", "bfloat16x3" (split products on a bfloat16 matrix unit, within 1e-6 of
+  # Products: "float32", "bfloat16x3" (split products on a bfloat16 matrix unit, within 3e-6 of
   # float32), or "auto" (bfloat16x3 on GPUs, TPUs and CPUs with AMX, else float32).
   config.audit.precision = "auto"
   config.audit.nifti_slice_axis = config_dict.placeholder(int)  # None: NIfTI files are volumes

@@ -315,3 +315,44 @@ def test_precisions_agree_and_auto_resolves(rng, mesh4):
   assert correlation.resolve_precision("auto", mesh4) in ("float32", "bfloat16x3")
   with pytest.raises(ValueError, match="precision"):
     top_k_correlation(synthetic, train, mesh=mesh4, precision="float16")
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.float16, np.float32])
+def test_split_products_stay_exact_on_offsets_below_the_recentring_line(rng, mesh4, dtype):
+  # Offsets of 10 to 30 standard deviations stay on the main path (the re-centring line is 32):
+  # the split bfloat16 products of wider pixels must centre the tile themselves.
+  base = {np.uint16: 30000.0, np.int16: -9000.0, np.float16: 900.0, np.float32: 3000.0}[dtype]
+  scale = abs(base) / 30.0
+  train = (base + scale * rng.standard_normal((120, 16, 16))).astype(dtype)
+  synthetic = (base + scale * rng.standard_normal((6, 16, 16))).astype(dtype)
+  synthetic[0] = train[33]
+  reference = pearson_float64(synthetic, train)
+  values, indices = top_k_correlation(synthetic, train, k=3, mesh=mesh4, precision="bfloat16x3")
+  assert_exact_top_k(values, indices, reference, 3)
+  assert indices[0, 0] == 33
+
+
+def test_big_endian_aligned_array(rng, mesh1):
+  data = rng.random((128, 8, 8))
+  big_endian = sources.aligned_empty(data.shape, ">f4")
+  big_endian[...] = data
+  values, indices = top_k_correlation(big_endian[:3], big_endian, k=1, mesh=mesh1, tile_size=64)
+  np.testing.assert_array_equal(indices[:, 0], [0, 1, 2])
+  np.testing.assert_allclose(values[:, 0], 1.0, atol=1e-6)
+
+
+def test_k_far_beyond_the_training_set_is_cheap_and_padded(rng, mesh4):
+  train = rng.random((30, 5, 5), dtype=np.float32)
+  synthetic = rng.random((400, 5, 5), dtype=np.float32)
+  values, indices = top_k_correlation(synthetic, train, k=20000, mesh=mesh4)
+  assert values.shape == indices.shape == (400, 20000)
+  assert_exact_top_k(values[:, :30], indices[:, :30], pearson_float64(synthetic, train), 30)
+  assert np.all(np.isnan(values[:, 30:])) and np.all(indices[:, 30:] == -1)
+
+
+def test_errors_name_the_set_they_concern(rng, mesh4):
+  holdout = rng.random((20, 6, 6), dtype=np.float32)
+  holdout[7, 0, 0] = np.nan
+  with pytest.raises(ValueError, match=r"^holdout images .* NaN or infinite pixels: 7"):
+    correlation.search_correlation(rng.random((10, 6, 6), dtype=np.float32), holdout,
+                                   mesh=mesh4, names=("training", "holdout"))

@@ -38,6 +38,11 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
   With `holdout` (real images of other patients, never trained on) the threshold is calibrated
   by Dar et al.'s rule; without it the fixed `threshold` is used.
   """
+  # Settings are checked before hours of searching, not after.
+  if holdout is None:
+    detectors.fixed_threshold(threshold)
+  elif not 0.0 < holdout_percentile < 100.0:
+    raise ValueError(f"the holdout percentile must be in (0, 100), got {holdout_percentile}")
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   synthetic = sources_lib.open_source(synthetic)
@@ -59,7 +64,8 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
     calibration = correlation.search_correlation(train, holdout, 1, block_size=block_size,
                                                   mesh=mesh, precision=precision,
                                                   progress=progress,
-                                                  description="training vs holdout")
+                                                  description="training vs holdout",
+                                                  names=("training", "holdout"))
     holdout_max = calibration.values[:, 0]
     chosen = detectors.holdout_threshold(holdout_max, holdout_percentile, len(holdout))
   else:
@@ -85,7 +91,6 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
 
 def _write_matches(path, synthetic, train, result, memorized):
   """k rows per synthetic image; `memorized` is filled on the rank-1 rows only."""
-  train_ids = train.ids()
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["synthetic", "rank", "train", "correlation", "memorized"])
@@ -95,7 +100,7 @@ def _write_matches(path, synthetic, train, result, memorized):
         value = result.values[i, rank]
         defined = j >= 0 and np.isfinite(value)
         writer.writerow([
-            synthetic_id, rank + 1, train_ids[j] if defined else "",
+            synthetic_id, rank + 1, train.image_id(j) if defined else "",
             f"{value:.6f}" if defined else "",
             ("true" if memorized[i] else "false") if rank == 0 and defined else ""])
 

@@ -13,10 +13,13 @@ flattened, mean-centred, unit-norm vectors, so the search is a matrix product fo
   its mean and norm are applied to the products (see `_tile_top_k`).
 * The products run in float32, or as split bfloat16 products on the machine's bfloat16 matrix
   unit (AMX, tensor cores, the MXU), which carry 16 significant bits of every value (8-bit pixels
-  exactly) and stay within 1e-6 of float32: `precision="auto"` picks them where they are fast.
+  exactly) and stay within a few 1e-6 of float32 and 1e-5 of float64: `precision="auto"` picks
+  them where they are fast.
 * Each device works through its rows in tiles of a fixed shape (`tile_size` rows). A matrix
   product's rounding depends on its shapes, so fixed tiles make every correlation bitwise the same
-  whatever the block size or the number of devices: the result is a function of the images alone.
+  whatever the block size or the number of devices. (The tile size follows from the training set's
+  size and shape, the synthetic chunk from the synthetic set's; the last bit of a value can change
+  with those, never with the layout of the work.)
 * Per tile, the top-k is found exactly without sorting the whole score tile: the maximum of each
   group of 64 consecutive training images first (a cheap vectorized reduction), then an exact top-k
   over the members of the k best groups. Ties go to the lower training index.
@@ -230,16 +233,19 @@ def _tile_top_k(synthetic: tuple[jax.Array, ...], synthetic_sum: jax.Array, tile
                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Exact top-k over one tile of training rows; ties go to the lower training index.
 
-  By default the product runs on the raw training pixels: with u a centred unit synthetic
-  vector, u . (t - mean(t)) = u . t - sum(u) mean(t), so the tile is read, never rewritten. That
-  product's rounding grows with |mean| / std of a training row (about 3e-8 times the ratio), so
-  rows past _MAX_OFFSET_RATIO are left out here (status RECENTRE) and searched again by the
-  `centred` variant, which centres the tile before the product.
+  Float32 products and bfloat16 products of 8-bit pixels run on the raw training pixels: with u
+  a centred unit synthetic vector, u . (t - mean(t)) = u . t - sum(u) mean(t), so the tile is
+  read, never rewritten. That product's rounding grows with |mean| / std of a training row (about
+  3e-8 times the ratio in float32), so rows past _MAX_OFFSET_RATIO are left out here (status
+  RECENTRE) and searched again by the `centred` variant. Split bfloat16 products of wider pixels
+  carry 16 bits of each value, too few for an uncentred row: their tile is centred first, in the
+  float32 copy that the split makes anyway.
   Returns values and training indices (num_synthetic, min(k, tile rows)) and the tile's statuses.
   """
-  mean, inverse_norm, status = _row_statistics(tile, None if centred else _MAX_OFFSET_RATIO)
+  raw = not centred and (len(synthetic) == 1 or tile.dtype in (jnp.uint8, jnp.int8))
+  mean, inverse_norm, status = _row_statistics(tile, _MAX_OFFSET_RATIO if raw else None)
   status = jnp.where(tile_index < 0, jnp.int8(PADDING), status)
-  if centred:
+  if not raw:
     products = _products(synthetic, tile.astype(jnp.float32) - mean[:, None])
   else:
     products = _products(synthetic, tile) - synthetic_sum[:, None] * mean[None, :]
@@ -353,8 +359,8 @@ class _BlockReader:
         or last - first != self._plan.rows_per_device or self._train.dtype != self._dtype):
       return None
     rows = self._train.view(first, last)
-    if not rows.flags.c_contiguous or rows.ctypes.data % 64:
-      return None
+    if rows.dtype != self._dtype or not rows.flags.c_contiguous or rows.ctypes.data % 64:
+      return None  # e.g. big-endian, strided or 16-byte aligned: read into a buffer instead
     return rows.reshape(last - first, -1)
 
   def _read(self, start: int, stop: int, ring_slot: int) -> tuple[jax.Array, jax.Array]:
@@ -397,15 +403,17 @@ class _BlockReader:
     """Yields (start, stop, block, block_index) with the next block already being read.
 
     The caller must have waited for block b - 2 before it asks for block b + 1 (it keeps at most
-    two blocks in flight): the ring reuses block b - 2's buffers for block b + 1.
+    two blocks in flight): the ring reuses block b - 2's buffers for block b + 1, so the host
+    holds three blocks. Blocks are never donated to the kernel: a block may be a view of the
+    caller's array.
     """
     plan = self._plan
-    bounds = [(s, min(s + plan.block_size, plan.num_train))
-              for s in range(0, plan.num_train, plan.block_size)]
-    pending = self._submit(*bounds[0])
-    for i, (start, stop) in enumerate(bounds):
+    pending = self._submit(0, min(plan.block_size, plan.num_train))
+    for start in range(0, plan.num_train, plan.block_size):
+      stop = min(start + plan.block_size, plan.num_train)
       block, block_index = pending.result()
-      pending = self._submit(*bounds[i + 1]) if i + 1 < len(bounds) else None
+      if stop < plan.num_train:
+        pending = self._submit(stop, min(stop + plan.block_size, plan.num_train))
       yield start, stop, block, block_index
 
   def close(self):
@@ -479,42 +487,46 @@ def _cpu_has_bfloat16_matrix_unit() -> bool:
 def search_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: int | None = None,
                        mesh: Mesh | None = None, precision: str = "auto",
                        tile_size: int | None = None, synthetic_chunk: int | None = None,
-                       progress: bool = False,
-                       description: str = "correlation search") -> SearchResult:
+                       progress: bool = False, description: str = "correlation search",
+                       names: tuple[str, str] = ("synthetic", "training")) -> SearchResult:
   """The exact top-k Pearson correlation search with its report of images that have none.
 
   `synthetic` and `train` are arrays (N, *image_shape), `ImageSource`s or paths (folders, .npy,
   .npz). `precision` picks the products: "float32", "bfloat16x3" (split products on a bfloat16
-  matrix unit, within 1e-6 of float32), or "auto" (bfloat16x3 on GPUs, TPUs and CPUs with
-  bfloat16 matrix instructions, else float32). See the module docstring for how the search
-  streams and shards.
+  matrix unit, within a few 1e-6 of float32), or "auto" (bfloat16x3 on GPUs, TPUs and CPUs with
+  bfloat16 matrix instructions, else float32). `names` name the two sets in error messages. See
+  the module docstring for how the search streams and shards.
   """
   synthetic = sources_lib.open_source(synthetic)
   train = sources_lib.open_source(train)
   sources_lib.check_same_shape(synthetic, train)
   mesh = mesh if mesh is not None else parallel.data_mesh()
   image_size = int(np.prod(train.shape))
-  plan = plan_search(len(synthetic), len(train), image_size, k, parallel.mesh_size(mesh),
+  if k < 1:
+    raise ValueError(f"k must be at least 1, got {k}")
+  kernel_k = min(k, len(train))  # no more candidates than training images: pad at the end
+  plan = plan_search(len(synthetic), len(train), image_size, kernel_k, parallel.mesh_size(mesh),
                      block_size=block_size, tile_size=tile_size, synthetic_chunk=synthetic_chunk)
   precision = resolve_precision(precision, mesh)
   values, index, synthetic_status, train_status = _stream(
       synthetic, train, plan, mesh, centred=False, precision=precision, progress=progress,
-      description=description)
+      description=description, names=names)
 
   recentre = np.flatnonzero(train_status == RECENTRE)
   if recentre.size:
     # Training images with a large offset under little texture: searched again, centred first.
     subset = sources_lib.IndexedSource(train, recentre)
-    subset_plan = plan_search(len(synthetic), len(subset), image_size, k,
+    subset_plan = plan_search(len(synthetic), len(subset), image_size, min(k, len(subset)),
                               parallel.mesh_size(mesh), synthetic_chunk=plan.synthetic_chunk)
     subset_values, subset_index, _, subset_status = _stream(
         synthetic, subset, subset_plan, mesh, centred=True, precision="float32",
-        progress=progress,
-        description=f"{description} (re-centred)")
+        progress=progress, description=f"{description} (re-centred)", names=names)
     train_status[recentre] = subset_status
     subset_index = np.where(subset_index >= 0, recentre[np.maximum(subset_index, 0)], -1)
     values, index = _merge_candidates(np.concatenate([values, subset_values], axis=1),
-                                      np.concatenate([index, subset_index], axis=1), k)
+                                      np.concatenate([index, subset_index], axis=1), kernel_k)
+  if kernel_k < k:
+    values, index = _merge_candidates(values, index, k)  # pads with NaN and -1
 
   no_correlation = synthetic_status != OK
   values[no_correlation] = np.nan
@@ -527,7 +539,8 @@ def search_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: in
 
 def _stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
             plan: SearchPlan, mesh: Mesh, *, centred: bool, precision: str, progress: bool,
-            description: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            description: str, names: tuple[str, str]
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """One streamed pass of the training set per synthetic chunk.
 
   Returns values, indices (N_synthetic, k), and the synthetic and training status codes.
@@ -554,7 +567,8 @@ def _stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
       synthetic_operands, synthetic_sum, status = normalize_synthetic(
           jax.device_put(chunk, replicated))
       synthetic_status[chunk_start:chunk_stop] = parallel.to_host(status)[:count]
-      _raise_on_non_finite(synthetic, synthetic_status, "synthetic")
+      _raise_on_non_finite(synthetic, synthetic_status[chunk_start:chunk_stop], names[0],
+                           offset=chunk_start)
       best_values = jax.device_put(
           np.full((plan.num_devices, plan.synthetic_chunk, per_slot), -np.inf, np.float32), rows)
       best_index = jax.device_put(
@@ -564,7 +578,7 @@ def _stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
 
       def collect():
         _collect_status(*in_flight.popleft(), train_status if first_chunk else None, plan,
-                        train, progress_bar, count)
+                        train, progress_bar, count, names)
 
       for start, stop, block, block_index in reader.blocks():
         best_values, best_index, block_status = block_step(
@@ -598,7 +612,7 @@ def top_k_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: int
 
 
 def _collect_status(start, stop, block_status, train_status, plan, train, progress_bar,
-                    num_synthetic):
+                    num_synthetic, names):
   """Waits for one block, records its training images' statuses, and advances the progress bar."""
   status = parallel.to_host(block_status).reshape(plan.num_devices, plan.rows_per_device)
   if train_status is not None:
@@ -607,14 +621,14 @@ def _collect_status(start, stop, block_status, train_status, plan, train, progre
       first = min(start + slot * real, stop)
       last = min(first + real, stop)
       train_status[first:last] = status[slot, :last - first]
-    _raise_on_non_finite(train, train_status, "training")
+    _raise_on_non_finite(train, train_status[start:stop], names[1], offset=start)
   progress_bar.update(stop - start)
   progress_bar.set_postfix_str(
-      f"{num_synthetic} synthetic x {plan.num_train} training", refresh=False)
+      f"{num_synthetic} {names[0]} x {plan.num_train} {names[1]}", refresh=False)
 
 
-def _raise_on_non_finite(source, status, role):
-  bad = np.flatnonzero(status == NON_FINITE)
+def _raise_on_non_finite(source, status, role, offset=0):
+  bad = np.flatnonzero(status == NON_FINITE) + offset
   if bad.size:
     names = ", ".join(source.image_id(int(i)) for i in bad[:5])
     more = f" and {bad.size - 5} more" if bad.size > 5 else ""

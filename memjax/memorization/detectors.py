@@ -49,9 +49,15 @@ def holdout_threshold(holdout_max: np.ndarray, percentile: float = 95.0,
   return Threshold(value=value, rule="holdout_percentile", description=description)
 
 
+# Exact copies come out within 1e-5 of 1 (float32 rounding), so a threshold above this would miss
+# some of them.
+MAX_THRESHOLD = 0.99999
+
+
 def fixed_threshold(value: float) -> Threshold:
-  if not -1.0 <= value <= 1.0:
-    raise ValueError(f"a correlation threshold must lie in [-1, 1], got {value}")
+  if not -1.0 <= value <= MAX_THRESHOLD:
+    raise ValueError(f"a correlation threshold must lie in [-1, {MAX_THRESHOLD}], got {value}: "
+                     "correlations are exact to 1e-5, so exact copies may score a hair below 1")
   return Threshold(value=float(value), rule="fixed",
                    description=f"fixed threshold {value:g} (config.audit.threshold); give "
                                "--config.holdout to calibrate one on held-out real images")
