@@ -556,14 +556,15 @@ def test_open_source_dispatch(tmp_path, rng):
     open_source(3)
 
 
-def test_tfds_specs():
+def test_tfds_specs(tmp_path, monkeypatch):
+  monkeypatch.setenv("MEMJAX_DATA_DIR", str(tmp_path))
   assert parse_tfds_spec("tfds:brats20:train") == ("brats20", None, "train")
   assert parse_tfds_spec("tfds:brats20/t1:test[:10%]") == ("brats20", "t1", "test[:10%]")
   for spec in ("tfds:", "tfds:brats20", "tfds::train", "tfds:a/b/c:train", "tfds:a/:train",
                "brats20:train"):
     with pytest.raises(ValueError, match="tfds:NAME"):
       parse_tfds_spec(spec)
-  with pytest.raises(NotImplementedError, match="issue 3"):
+  with pytest.raises(FileNotFoundError, match="no data set 'brats20/t1'"):
     open_source("tfds:brats20/t1:train")
   with pytest.raises(ValueError, match="tfds:NAME"):
     open_source("tfds:brats20")

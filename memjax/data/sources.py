@@ -1011,7 +1011,7 @@ def parse_tfds_spec(spec: str) -> tuple[str, str | None, str]:
   if match is None:
     raise ValueError(
         f"malformed TFDS source {spec!r}: expected 'tfds:NAME[/CONFIG]:SPLIT', e.g. "
-        "'tfds:brats20/t1:train' or 'tfds:cxr:test[:10%]'")
+        "'tfds:brats2020/slices:train' or 'tfds:cxr_pneumonia/256:test[:10%]'")
   return match["name"], match["config"], match["split"]
 
 
@@ -1041,9 +1041,8 @@ def open_source(spec: Any, *, nifti_slice_axis: int | None = None,
   path = os.fspath(spec)
   if isinstance(spec, str) and path.startswith("tfds:"):
     name, config, split = parse_tfds_spec(path)
-    raise NotImplementedError(
-        f"tfds sources arrive with the data-set builders (issue 3); cannot open {name!r} "
-        f"(config {config!r}, split {split!r}) yet: export the images to a folder or .npy file")
+    from memjax.data import tfds_source  # pylint: disable=g-import-not-at-top  (imports TFDS)
+    return tfds_source.TfdsSource(name, config, split)
   if not os.path.exists(path):
     match = _NPZ_KEY_PATTERN.match(path)
     if match is not None and os.path.isfile(match["path"]):

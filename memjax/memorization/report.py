@@ -132,21 +132,16 @@ def display_note(shape: Sequence[int]) -> str:
   if is_volume:
     depth = int(shape[0])
     parts.append(f"middle slice along axis 0 (index {depth // 2} of {depth})")
-  if channels == 3:
-    parts.append("RGB")
-  elif channels > 1:
+  if channels > 1:  # channels of medical images are modalities (T1, T2, ...), not colours
     parts.append(f"channel 0 of {channels}")
   return ", ".join(parts)
 
 
 def display_plane(image: np.ndarray) -> np.ndarray:
-  """The 2-D view of one image: (H, W) values, or (H, W, 3) RGB min-max scaled to [0, 1]."""
+  """The 2-D grey view of one image: the middle slice of a volume, the first channel."""
   image = np.asarray(image, dtype=np.float32)
   is_volume, channels = _layout(image.shape)
   plane = image[image.shape[0] // 2] if is_volume else image
-  if channels == 3:
-    low, high = _finite_range(plane)
-    return np.clip((plane - low) / (high - low), 0.0, 1.0)
   if channels:
     return plane[..., 0]
   return plane

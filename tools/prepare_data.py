@@ -1,0 +1,94 @@
+r"""Prepares a memjax data set (array_record files) from data the user has obtained.
+
+  python tools/prepare_data.py --dataset=brats2020/slices --manual_dir=DIR --data_dir=DIR [--strict]
+  python tools/prepare_data.py --dataset=cxr_pneumonia/256 --manual_dir=DIR
+  python tools/prepare_data.py --dataset=mni152/64   # ships with nilearn: no manual_dir
+
+Data sets: brats2020 and brats2021 (configs slices, volumes; --num_subjects=N keeps the first N
+training subjects), cxr_pneumonia (256, 128, 64) and mni152 (64, 128). Medical data is never
+downloaded: --manual_dir holds it as its official source distributes it. --data_dir defaults to
+$MEMJAX_DATA_DIR, else TFDS's default (~/tensorflow_datasets). Read a prepared set with
+`open_source("tfds:brats2020/slices:train")` or `tfds.data_source(...)`. A data set that is
+already prepared is kept. User errors print one line and exit with status 2 (MEMJAX_TRACEBACK=1
+shows the traceback).
+"""
+
+import logging as std_logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+_DATASET = flags.DEFINE_string("dataset", None, "NAME[/CONFIG], e.g. brats2020/slices.")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding the obtained data.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None,
+                                "Where to write; default $MEMJAX_DATA_DIR, else TFDS's default.")
+_STRICT = flags.DEFINE_bool("strict", False,
+                            "Fail on a subject or file that would be skipped with a warning.")
+_NUM_SUBJECTS = flags.DEFINE_integer("num_subjects", None,
+                                     "BraTS: keep only the first N training subjects.")
+flags.mark_flags_as_required(["dataset"])
+
+
+def _builder_classes():
+  from memjax.data import brats, cxr, mni152  # pylint: disable=g-import-not-at-top
+  return {"brats2020": brats.Brats2020, "brats2021": brats.Brats2021,
+          "cxr_pneumonia": cxr.CxrPneumonia, "mni152": mni152.Mni152}
+
+
+def prepare(dataset: str, manual_dir: str | None, data_dir: str | None, strict: bool,
+            num_subjects: int | None) -> str:
+  """Builds `dataset` and returns a one-paragraph summary; ValueError/OSError for user errors."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from memjax.data import brats, tfds_builder  # pylint: disable=g-import-not-at-top
+
+  name, _, config_name = dataset.partition("/")
+  classes = _builder_classes()
+  if name not in classes:
+    raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(sorted(classes))}")
+  builder_class = classes[name]
+  config_names = [config.name for config in builder_class.BUILDER_CONFIGS]
+  config_name = config_name or config_names[0]
+  if config_name not in config_names:
+    raise ValueError(f"{name} has no config {config_name!r}; its configs are {config_names}")
+  kwargs = {"data_dir": data_dir or tfds_builder.default_data_dir()}
+  if num_subjects is not None:
+    if not issubclass(builder_class, brats.BratsBuilder):
+      raise ValueError(f"--num_subjects applies to brats2020 and brats2021, not {name}")
+    kwargs["config"] = brats.subset_config(config_name, num_subjects)
+  else:
+    kwargs["config"] = config_name
+  if builder_class.MANUAL_DIR_ERROR:
+    tfds_builder.check_manual_dir(manual_dir, name, builder_class.MANUAL_DIR_ERROR)
+    kwargs["strict"] = strict
+  builder = builder_class(**kwargs)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  counts = ", ".join(f"{split} {info.num_examples}" for split, info in builder.info.splits.items())
+  summary = f"{builder.info.full_name} prepared in {builder.data_dir}: {counts} examples"
+  metadata = builder.info.metadata or {}
+  for key in ("num_skipped_subjects", "num_unparsed_file_names"):
+    if metadata.get(key):
+      summary += f"; {key.replace('_', ' ')[4:]}: {metadata[key]} (listed in metadata.json)"
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  std_logging.getLogger("absl").setLevel(std_logging.ERROR)  # TFDS notes on custom configs.
+  try:
+    print(prepare(_DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, _STRICT.value,
+                  _NUM_SUBJECTS.value))
+  except (ValueError, OSError) as error:
+    if os.environ.get("MEMJAX_TRACEBACK"):
+      raise
+    logging.flush()
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
