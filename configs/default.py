@@ -27,4 +27,69 @@ def get_config() -> ml_collections.ConfigDict:
   config.audit.num_pairs = 8  # most correlated pairs shown in pairs.png and the report
   config.audit.redact_training_images = False  # a report with no training pixels
   config.audit.progress = True
+
+  # Training (workflow "train") and sampling ("sample"): see memjax/train/loop.py and the
+  # training configs (configs/*_ddpm.py), which set `model`.
+  config.num_devices = 0  # devices of the data mesh; 0: all of them
+  config.batch_size = 32  # global, split over the devices
+  config.num_train_steps = 100_000
+  config.log_every_steps = 100  # TensorBoard scalars in workdir/events, averaged over these
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3  # the last N checkpoints are kept
+  config.async_checkpoints = True
+  config.sample_every_steps = 0  # an image grid in workdir/grids every N steps; 0: never
+  config.grid_size = 16  # images in a training-time grid
+  config.ema_decay = 0.9999  # EMA of the weights, used to sample; 0: no EMA
+  config.num_samples = 1000  # images the sample workflow writes to workdir/samples
+  config.sample_batch_size = 64  # images generated per chunk (one .npz file each)
+  config.progress = True
+
+  config.data = ml_collections.ConfigDict()
+  # 'tfds:NAME/CONFIG:SPLIT' (tools/prepare_data.py; mni152 is prepared on first use), or a
+  # folder, .npy or .npz file of training images.
+  config.data.source = config_dict.placeholder(str)
+  config.data.data_dir = config_dict.placeholder(str)  # default $MEMJAX_DATA_DIR
+  config.data.volumes = False  # folders and arrays: images are 3D volumes (D, H, W[, C])
+  config.data.downsample = 1  # train on means of N^d pixel blocks (small 3D models)
+  config.data.num_threads = 4  # threads reading and decoding batches
+  config.data.prefetch_batches = 4
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = config_dict.placeholder(str)  # the family: "ddpm"
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 1e-4
+  config.optimizer.schedule = "constant"  # or "cosine" (to final_learning_rate_fraction)
+  config.optimizer.warmup_steps = 1000  # linear warm-up from 0
+  config.optimizer.final_learning_rate_fraction = 0.0
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.eps = 1e-8
+  config.optimizer.weight_decay = 0.0  # AdamW's decoupled weight decay
+  config.optimizer.grad_clip_norm = 1.0  # clip the global gradient norm; 0: no clipping
+  return config
+
+
+def ddpm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds a U-Net DDPM's keys to `config`, at openai/guided-diffusion's defaults.
+
+  model.* are the U-Net's (memjax/models/unet.py; channels and image size come from the data),
+  diffusion.* the noise schedule, sample.* the sampler of the sample workflow and of grids.
+  """
+  config.model.name = "ddpm"
+  config.model.model_channels = 128
+  config.model.channel_mult = (1, 2, 2, 2)
+  config.model.num_res_blocks = 2
+  config.model.attention_resolutions = (16, 8)  # feature-map sides with self-attention
+  config.model.num_head_channels = 64  # -1: one head
+  config.model.dropout = 0.0
+
+  config.diffusion = ml_collections.ConfigDict()
+  config.diffusion.schedule = "linear"  # or "cosine"
+  config.diffusion.num_steps = 1000
+
+  config.sample = ml_collections.ConfigDict()
+  config.sample.method = "ddpm"  # all diffusion steps, ancestral; or "ddim"
+  config.sample.num_steps = 0  # DDIM steps; 0: all of them
+  config.sample.eta = 0.0  # DDIM's noise; 0: deterministic
   return config

@@ -12,8 +12,6 @@ import ml_collections
 from memjax import parallel
 
 _PENDING = {
-    "train": "training arrives with the DDPM and StyleGAN2 issues (4 and 5)",
-    "sample": "sampling arrives with the DDPM and StyleGAN2 issues (4 and 5)",
     "demo": ("the end-to-end demo is not built yet (it arrives with issue 7); meanwhile run an "
              "audit: python launch.py --config=configs/audit.py --config.synthetic=PATH "
              "--config.train=PATH --workdir=runs/audit"),
@@ -44,8 +42,35 @@ def audit(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
       redact_training_images=options.redact_training_images, progress=options.progress)
 
 
+def train(config: ml_collections.ConfigDict, workdir: pathlib.Path):
+  """Trains the model family of config.model.name, resuming from workdir's last checkpoint."""
+  from memjax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from memjax.train import loop  # pylint: disable=g-import-not-at-top
+  result = loop.train(config, workdir, train_lib.make_trainer(config))
+  if jax.process_index() == 0:
+    loss = result.metrics.get("loss")
+    print(f"trained to step {result.step} in {workdir}"
+          + (f" (loss {loss:.4g})" if loss is not None else "")
+          + f"; sample with --config.workflow=sample")
+  return result
+
+
+def sample(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+  """Writes config.num_samples images of workdir's last checkpoint to workdir/samples."""
+  from memjax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from memjax.train import loop  # pylint: disable=g-import-not-at-top
+  folder = loop.sample(config, workdir, train_lib.make_trainer(config))
+  if jax.process_index() == 0:
+    print(f"{config.num_samples} samples written to {folder} (grid in {workdir / loop.GRIDS}); "
+          f"audit them: python launch.py --config=configs/audit.py --config.synthetic={folder} "
+          f"--config.train={config.data.source} --workdir={workdir / 'audit'}")
+  return folder
+
+
 WORKFLOWS: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path], object]] = {
     "audit": audit,
+    "train": train,
+    "sample": sample,
 }
 
 

@@ -1,0 +1,26 @@
+"""Training: one module per model family (ddpm.py; StyleGAN2 and the contrastive encoder to come)
+over the shared loop.py (mesh, steps, EMA, checkpoints, metrics, sampling).
+
+`config.model.name` picks the family; `make_trainer(config)` builds its `loop.Trainer`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import ml_collections
+
+# Model name -> the module whose make_trainer(config) builds its loop.Trainer.
+FAMILIES = {
+    "ddpm": "memjax.train.ddpm",
+}
+
+
+def make_trainer(config: ml_collections.ConfigDict):
+  """The `loop.Trainer` of `config.model.name`."""
+  name = config.get("model", {}).get("name")
+  if name not in FAMILIES:
+    known = ", ".join(sorted(FAMILIES))
+    raise ValueError(f"--config.model.name={name!r} names no trainable model; expected one of: "
+                     f"{known} (start from a training config such as configs/demo_ddpm.py)")
+  return importlib.import_module(FAMILIES[name]).make_trainer(config)

@@ -1,0 +1,186 @@
+"""The DDPM on the shared loop, end to end: sharding, memorization, volumes, samples to audit.
+
+The proof that the whole loop works is the memorization test: a small U-Net trained on 8 tiny
+images until its DDIM samples reproduce them, as the paper finds that diffusion models do with
+little data, measured with the audit's own correlation search.
+"""
+
+import json
+
+from flax import nnx
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from memjax import parallel
+from memjax import workflows
+from memjax.data import pipeline
+from memjax.memorization import top_k_correlation
+from memjax.train import ddpm
+from memjax.train import loop
+
+NUM_IMAGES = 8
+SIZE = 8
+
+
+def one_device():
+  return jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+
+
+def make_config(**overrides):
+  """A U-Net DDPM small enough to train in seconds on a CPU (one level of 32 channels)."""
+  config = default.ddpm(default.get_config())
+  config.workflow = "train"
+  config.model.model_channels = 32
+  config.model.channel_mult = (1,)
+  config.model.num_res_blocks = 1
+  config.model.attention_resolutions = ()
+  config.model.num_head_channels = -1
+  config.diffusion.schedule = "cosine"
+  config.diffusion.num_steps = 100
+  config.sample.method = "ddim"
+  config.sample.num_steps = 20
+  config.sample.eta = 1.0
+  config.batch_size = 16
+  config.num_train_steps = 4
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  config.ema_decay = 0.0
+  config.progress = False
+  config.data.num_threads = 2
+  config.optimizer.learning_rate = 1e-2
+  config.optimizer.schedule = "cosine"
+  config.optimizer.warmup_steps = 20
+  config.num_samples = 32
+  config.sample_batch_size = 32
+  for key, value in overrides.items():
+    target = config
+    *parents, name = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[name] = value
+  return config
+
+
+def eight_images() -> np.ndarray:
+  """8 uint8 8x8 images of random 2x2 blocks: unrelated to each other (|r| < 0.7)."""
+  blocks = np.random.default_rng(1).integers(0, 256, (NUM_IMAGES, 4, 4, 1))
+  return blocks.repeat(2, axis=1).repeat(2, axis=2).astype(np.uint8)
+
+
+def as_data(images: np.ndarray) -> loop.TrainingData:
+  return loop.TrainingData([{"image": image} for image in images], images.shape[1:],
+                           images.dtype, "eight images")
+
+
+def test_one_step_is_the_same_on_4_and_1_devices():
+  config = make_config(ema_decay=0.9, **{"model.dropout": 0.1})
+  images = pipeline.to_unit_range(eight_images().repeat(2, axis=0))
+  results = []
+  for devices in (4, 1):
+    compiled = loop.CompiledTrainer(ddpm.make_trainer(config), parallel.data_mesh(devices),
+                                    images.shape[1:], seed=0)
+    rngs, state = compiled.init()
+    state, rngs, metrics = compiled.step(state, rngs,
+                                         {"image": jax.device_put(images, compiled.rows)})
+    results.append((float(metrics["loss"]), compiled.module(state, rngs)))
+  (loss_4, four), (loss_1, one) = results
+  assert loss_4 == pytest.approx(loss_1, abs=1e-5)
+  for model in ("model", "ema"):
+    got = jax.tree.leaves(nnx.state(getattr(four, model), nnx.Param))
+    want = jax.tree.leaves(nnx.state(getattr(one, model), nnx.Param))
+    assert len(got) == len(want) > 10
+    for a, b in zip(got, want):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def memorized(tmp_path_factory):
+  """A U-Net DDPM trained on 8 images until it copies them; its workdir and training set.
+
+  One device: 4 forced CPU devices on 2 cores would quadruple the per-step overhead of so small
+  a model, and the sharded step is checked above.
+  """
+  workdir = tmp_path_factory.mktemp("memorized")
+  images = eight_images()
+  config = make_config(num_train_steps=1200, checkpoint_every_steps=1200)
+  loop.train(config, workdir, ddpm.make_trainer(config), data=as_data(images), mesh=one_device())
+  return workdir, images, config
+
+
+def test_ddpm_memorizes_eight_images(memorized):
+  workdir, images, config = memorized
+  folder = loop.sample(config, workdir, ddpm.make_trainer(config), mesh=one_device())
+  samples = np.concatenate([np.load(path)["images"] for path in sorted(folder.glob("*.npz"))])
+  assert samples.shape == (32, SIZE, SIZE, 1) and samples.dtype == np.uint8
+  values, indices = top_k_correlation(samples, images, k=1, progress=False)
+  best = values[:, 0]
+  assert np.mean(best > 0.95) >= 0.75, np.round(best, 3)
+  assert len(set(indices[best > 0.95, 0].tolist())) >= 6  # Copies of most of the images.
+  # The training images are unlike each other: a match is a copy, not a look-alike.
+  correlation = np.corrcoef(images.reshape(NUM_IMAGES, -1).astype(np.float64))
+  assert np.abs(correlation[~np.eye(NUM_IMAGES, dtype=bool)]).max() < 0.7
+
+
+def test_sample_workflow_writes_npz_that_the_audit_reads(memorized, tmp_path):
+  workdir, images, _ = memorized
+  train_file = tmp_path / "train.npy"
+  np.save(train_file, images)
+  # Sampled on all 4 devices (split by rows), chunked: 12 = 8 + 4.
+  sample_config = make_config(workflow="sample", num_samples=12, sample_batch_size=8,
+                              **{"data.source": str(train_file)})
+  folder = workflows.run(sample_config, workdir)
+  assert sorted(p.name for p in folder.iterdir()) == ["samples_00000.npz", "samples_00001.npz"]
+  with np.load(folder / "samples_00001.npz") as stored:
+    assert stored["images"].shape == (4, SIZE, SIZE, 1) and stored["images"].dtype == np.uint8
+    assert int(stored["step"]) == 1200 and int(stored["seed"]) == 0
+  assert (workdir / loop.GRIDS / "samples_step_00001200.png").exists()
+
+  audit_config = default.get_config()
+  audit_config.synthetic = str(folder)
+  audit_config.train = str(train_file)
+  audit_config.audit.progress = False
+  audit_config.audit.num_pairs = 2
+  workflows.run(audit_config, tmp_path / "audit")
+  summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
+  assert summary["synthetic"]["count"] == 12 and summary["train"]["count"] == NUM_IMAGES
+  assert summary["synthetic"]["image_shape"] == [SIZE, SIZE, 1]
+  assert summary["fraction_above"]["0.95"] >= 0.5
+
+
+def test_3d_model_trains_on_volumes_and_samples_at_their_shape(tmp_path):
+  volumes = np.random.default_rng(2).integers(0, 256, (4, 8, 8, 8, 2), dtype=np.uint8)
+  config = make_config(num_train_steps=2, batch_size=4, log_every_steps=1, ema_decay=0.5,
+                       num_samples=4, sample_batch_size=4,
+                       **{"data.downsample": 2, "sample.num_steps": 2})
+  result = loop.train(config, tmp_path, ddpm.make_trainer(config), data=as_data(volumes))
+  assert result.step == 2 and np.isfinite(result.metrics["loss"])
+  assert result.state.model.dims == 3
+  folder = loop.sample(config, tmp_path, ddpm.make_trainer(config))
+  with np.load(folder / "samples_00000.npz") as stored:
+    assert stored["images"].shape == (4, 8, 8, 8, 2)  # The data's shape, not the model's 4^3.
+    block = stored["images"][0, :2, :2, :2, 0]
+    assert (block == block[0, 0, 0]).all()  # Each model voxel fills a 2x2x2 block.
+
+
+def test_paper_configs_build_the_paper_models():
+  from configs import brats20_ddpm, brats20_ddpm_3d, brats21_ddpm, cxr_ddpm
+  for module, source in ((cxr_ddpm, "tfds:cxr_pneumonia/256:train"),
+                         (brats20_ddpm, "tfds:brats2020/slices:train"),
+                         (brats21_ddpm, "tfds:brats2021/slices:train")):
+    config = module.get_config()
+    assert config.data.source == source and config.workflow == "train"
+    assert (config.model.model_channels, config.model.num_res_blocks) == (64, 3)
+    assert config.model.channel_mult == (1, 1, 2, 2, 4, 4)
+    assert config.model.attention_resolutions == (32, 16, 8)
+    assert (config.diffusion.schedule, config.diffusion.num_steps) == ("linear", 4000)
+    assert (config.optimizer.learning_rate, config.batch_size, config.ema_decay) == (
+        1e-4, 32, 0.9999)
+  # The BraTS model (five channels) and the 3D one are built without allocating their weights.
+  config = brats20_ddpm.get_config()
+  model = nnx.eval_shape(lambda: ddpm.make_model(config.model, (256, 256, 5), nnx.Rngs(0)))
+  assert model.in_channels == model.out_channels == 5
+  config = brats20_ddpm_3d.get_config()
+  model = nnx.eval_shape(lambda: ddpm.make_model(config.model, (40, 60, 60, 5), nnx.Rngs(0)))
+  assert model.dims == 3

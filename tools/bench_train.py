@@ -1,0 +1,178 @@
+r"""Training steps per second of memjax's U-Net DDPM against PyTorch with the same architecture.
+
+  pip install torch==2.13.0 diffusers   # the PyTorch side; see below
+  python tools/bench_train.py                                     # 64x64x3, batch 8
+  python tools/bench_train.py --image_size=32 --batch_size=16 --model_channels=32 \
+      --channel_mult=1,2,2 --num_res_blocks=1 --attention_resolutions=8   # the demo's model
+
+Both sides run one full DDPM training step per call, on the same batch size and resolution: a
+uniformly drawn timestep per image, the noise-prediction loss, backward, AdamW, and an EMA update
+of the weights. memjax runs `memjax.train.ddpm`'s step through the shared loop's compiled step
+(one device); PyTorch runs diffusers' `UNet2DModel` configured as guided-diffusion's UNetModel
+(the layout memjax's U-Net follows), whose parameter count is printed beside memjax's to show
+that the two networks match. Each side is warmed up (compilation, allocator), then timed over
+--steps steps; the figure is steps per second and the ratio memjax / PyTorch.
+
+PyTorch is not a dependency of memjax. `pip install torch==2.13.0` takes a CPU build on this
+project's machines; a plain `pip install torch` downloads a multi-GB CUDA build. Without torch
+and diffusers the PyTorch side is skipped with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # For configs/.
+
+
+def _ints(text: str) -> tuple[int, ...]:
+  return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def _parse_args() -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--image_size", type=int, default=64)
+  parser.add_argument("--channels", type=int, default=3)
+  parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--model_channels", type=int, default=64)
+  parser.add_argument("--channel_mult", type=_ints, default=(1, 2, 2, 2))
+  parser.add_argument("--num_res_blocks", type=int, default=2)
+  parser.add_argument("--attention_resolutions", type=_ints, default=(16,))
+  parser.add_argument("--num_head_channels", type=int, default=64)
+  parser.add_argument("--diffusion_steps", type=int, default=1000)
+  parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+  parser.add_argument("--steps", type=int, default=10, help="timed steps")
+  return parser.parse_args()
+
+
+def _time_steps(step, warmup: int, steps: int) -> float:
+  """Seconds per step of `step()` (which must block until its step is done) after warm-up."""
+  for _ in range(warmup):
+    step()
+  start = time.perf_counter()
+  for _ in range(steps):
+    step()
+  return (time.perf_counter() - start) / steps
+
+
+def bench_memjax(args: argparse.Namespace) -> tuple[float, int]:
+  """(seconds per step, parameters) of memjax's DDPM step on one device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from memjax import parallel  # pylint: disable=g-import-not-at-top
+  from memjax.models import unet  # pylint: disable=g-import-not-at-top
+  from memjax.train import ddpm  # pylint: disable=g-import-not-at-top
+  from memjax.train import loop  # pylint: disable=g-import-not-at-top
+
+  config = default.ddpm(default.get_config())
+  config.model.model_channels = args.model_channels
+  config.model.channel_mult = args.channel_mult
+  config.model.num_res_blocks = args.num_res_blocks
+  config.model.attention_resolutions = args.attention_resolutions
+  config.model.num_head_channels = args.num_head_channels
+  config.diffusion.num_steps = args.diffusion_steps
+  config.optimizer.warmup_steps = 0
+  config.optimizer.grad_clip_norm = 0.0
+  mesh = parallel.data_mesh(1)
+  shape = (args.image_size, args.image_size, args.channels)
+  compiled = loop.CompiledTrainer(ddpm.make_trainer(config), mesh, shape, seed=0)
+  rngs, state = compiled.init()
+  images = np.random.default_rng(0).uniform(-1, 1, (args.batch_size, *shape)).astype(np.float32)
+  batch = {"image": jax.device_put(images, compiled.rows)}
+  holder = {"state": state, "rngs": rngs}
+
+  def step():
+    holder["state"], holder["rngs"], metrics = compiled.step(holder["state"], holder["rngs"],
+                                                             batch)
+    jax.block_until_ready(metrics)
+
+  seconds = _time_steps(step, args.warmup, args.steps)
+  model = compiled.module(holder["state"], holder["rngs"]).model
+  return seconds, unet.count_parameters(model)
+
+
+def _diffusers_unet(args: argparse.Namespace):
+  """diffusers' UNet2DModel laid out as guided-diffusion's UNetModel (and memjax's UNet)."""
+  from diffusers import UNet2DModel  # pylint: disable=g-import-not-at-top
+  sides = [args.image_size // 2**level for level in range(len(args.channel_mult))]
+  with_attention = [side in args.attention_resolutions for side in sides]
+  return UNet2DModel(
+      sample_size=args.image_size, in_channels=args.channels, out_channels=args.channels,
+      time_embedding_type="positional", flip_sin_to_cos=True, freq_shift=0,
+      down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in with_attention),
+      up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D"
+                           for a in reversed(with_attention)),
+      block_out_channels=tuple(args.model_channels * m for m in args.channel_mult),
+      layers_per_block=args.num_res_blocks, mid_block_scale_factor=1, downsample_padding=1,
+      downsample_type="conv", upsample_type="conv", dropout=0.0, act_fn="silu",
+      attention_head_dim=None if args.num_head_channels == -1 else args.num_head_channels,
+      norm_num_groups=32, norm_eps=1e-5, resnet_time_scale_shift="default", add_attention=True)
+
+
+def bench_pytorch(args: argparse.Namespace) -> tuple[float, int] | str:
+  """(seconds per step, parameters) of the same step in PyTorch, or why it was skipped."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    import diffusers  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    return (f"skipped: {e.name} is not installed. pip install torch==2.13.0 diffusers (a CPU "
+            "build here; a plain `pip install torch` downloads a multi-GB CUDA build)")
+  torch.manual_seed(0)
+  model = _diffusers_unet(args)
+  ema = [p.detach().clone() for p in model.parameters()]
+  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+  betas = torch.linspace(1e-4, 0.02, args.diffusion_steps, dtype=torch.float64)
+  alphas_cumprod = torch.cumprod(1 - betas, 0).float()
+  images = torch.from_numpy(np.random.default_rng(0).uniform(
+      -1, 1, (args.batch_size, args.channels, args.image_size, args.image_size)).astype(np.float32))
+
+  def step():
+    t = torch.randint(0, args.diffusion_steps, (args.batch_size,))
+    noise = torch.randn_like(images)
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    noisy = a.sqrt() * images + (1 - a).sqrt() * noise
+    loss = torch.mean((model(noisy, t).sample - noise) ** 2)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+      # pylint: disable-next=protected-access
+      torch._foreach_lerp_(ema, list(model.parameters()), 1 - 0.9999)
+
+  seconds = _time_steps(step, args.warmup, args.steps)
+  return seconds, sum(p.numel() for p in model.parameters())
+
+
+def main():
+  args = _parse_args()
+  print(f"U-Net DDPM training step, batch {args.batch_size} of {args.image_size}x"
+        f"{args.image_size}x{args.channels}; model_channels {args.model_channels}, channel_mult "
+        f"{args.channel_mult}, num_res_blocks {args.num_res_blocks}, attention at "
+        f"{args.attention_resolutions}; {os.cpu_count()} CPUs; {args.steps} timed steps after "
+        f"{args.warmup}")
+  memjax_seconds, memjax_params = bench_memjax(args)
+  print(f"memjax  (jax, Flax NNX): {1 / memjax_seconds:7.3f} steps/s  "
+        f"{args.batch_size / memjax_seconds:8.2f} images/s  {memjax_params:,} parameters")
+  torch_result = bench_pytorch(args)
+  if isinstance(torch_result, str):
+    print(f"PyTorch: {torch_result}")
+    return
+  torch_seconds, torch_params = torch_result
+  import torch  # pylint: disable=g-import-not-at-top
+  print(f"PyTorch {torch.__version__} (diffusers UNet2DModel): {1 / torch_seconds:7.3f} steps/s  "
+        f"{args.batch_size / torch_seconds:8.2f} images/s  {torch_params:,} parameters "
+        f"({torch.get_num_threads()} threads)")
+  match = "the same" if torch_params == memjax_params else "DIFFERENT"
+  print(f"parameters: {match}; memjax speed / PyTorch speed = {torch_seconds / memjax_seconds:.2f}")
+
+
+if __name__ == "__main__":
+  main()
