@@ -10,12 +10,9 @@ MEMJAX_TRACEBACK=1 to see the traceback.
 """
 
 import logging as std_logging
-import os
-import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -30,17 +27,11 @@ def main(argv):
   std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from memjax import cli  # pylint: disable=g-import-not-at-top
   from memjax import parallel  # pylint: disable=g-import-not-at-top
   from memjax import workflows  # pylint: disable=g-import-not-at-top
   parallel.initialize_distributed()
-  try:
-    workflows.run(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, OSError, NotImplementedError) as error:
-    if os.environ.get("MEMJAX_TRACEBACK"):
-      raise
-    logging.flush()
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+  cli.run_reporting_user_errors(lambda: workflows.run(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == "__main__":

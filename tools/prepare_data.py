@@ -14,12 +14,11 @@ shows the traceback).
 """
 
 import logging as std_logging
-import os
-import sys
 
 from absl import app
 from absl import flags
-from absl import logging
+
+from memjax import cli
 
 _DATASET = flags.DEFINE_string("dataset", None, "NAME[/CONFIG], e.g. brats2020/slices.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding the obtained data.")
@@ -79,15 +78,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   std_logging.getLogger("absl").setLevel(std_logging.ERROR)  # TFDS notes on custom configs.
-  try:
-    print(prepare(_DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, _STRICT.value,
-                  _NUM_SUBJECTS.value))
-  except (ValueError, OSError) as error:
-    if os.environ.get("MEMJAX_TRACEBACK"):
-      raise
-    logging.flush()
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+  print(cli.run_reporting_user_errors(lambda: prepare(
+      _DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, _STRICT.value, _NUM_SUBJECTS.value)))
 
 
 if __name__ == "__main__":
