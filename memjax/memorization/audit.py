@@ -41,8 +41,8 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
   # Settings are checked before hours of searching, not after.
   if holdout is None:
     detectors.fixed_threshold(threshold)
-  elif not 0.0 < holdout_percentile < 100.0:
-    raise ValueError(f"the holdout percentile must be in (0, 100), got {holdout_percentile}")
+  else:
+    detectors.check_percentile(holdout_percentile)
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   synthetic = sources_lib.open_source(synthetic)

@@ -99,10 +99,6 @@ class SearchPlan:
     return _ceil_div(self.block_size, self.num_devices)
 
   @property
-  def num_blocks(self) -> int:
-    return _ceil_div(self.num_train, self.block_size)
-
-  @property
   def num_synthetic_chunks(self) -> int:
     return _ceil_div(self.num_synthetic, self.synthetic_chunk)
 
@@ -502,9 +498,8 @@ def search_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: in
   sources_lib.check_same_shape(synthetic, train)
   mesh = mesh if mesh is not None else parallel.data_mesh()
   image_size = int(np.prod(train.shape))
-  if k < 1:
-    raise ValueError(f"k must be at least 1, got {k}")
-  kernel_k = min(k, len(train))  # no more candidates than training images: pad at the end
+  # No more candidates than training images (pad at the end); plan_search rejects k < 1.
+  kernel_k = min(k, len(train))
   plan = plan_search(len(synthetic), len(train), image_size, kernel_k, parallel.mesh_size(mesh),
                      block_size=block_size, tile_size=tile_size, synthetic_chunk=synthetic_chunk)
   precision = resolve_precision(precision, mesh)

@@ -34,8 +34,7 @@ def holdout_threshold(holdout_max: np.ndarray, percentile: float = 95.0,
   if defined.size == 0:
     raise ValueError("no training image has a defined correlation with the holdout set "
                      "(all have zero variance?); give --config.audit.threshold instead")
-  if not 0.0 < percentile < 100.0:
-    raise ValueError(f"the holdout percentile must be in (0, 100), got {percentile}")
+  check_percentile(percentile)
   value = float(np.percentile(defined.astype(np.float64), percentile))
   description = (f"{percentile:g}th percentile of each training image's best correlation with "
                  f"the held-out real images, over {defined.size} training images (Dar et al. "
@@ -52,6 +51,11 @@ def holdout_threshold(holdout_max: np.ndarray, percentile: float = 95.0,
 # Exact copies come out within 1e-5 of 1 (float32 rounding), so a threshold above this would miss
 # some of them.
 MAX_THRESHOLD = 0.99999
+
+
+def check_percentile(percentile: float) -> None:
+  if not 0.0 < percentile < 100.0:
+    raise ValueError(f"the holdout percentile must be in (0, 100), got {percentile}")
 
 
 def fixed_threshold(value: float) -> Threshold:
