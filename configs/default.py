@@ -93,3 +93,53 @@ def ddpm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.sample.num_steps = 0  # DDIM steps; 0: all of them
   config.sample.eta = 0.0  # DDIM's noise; 0: deterministic
   return config
+
+
+def stylegan2(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds StyleGAN2's keys to `config`, at NVlabs stylegan2-ada-pytorch's defaults below 512 px.
+
+  model.* are G's and D's (memjax/models/stylegan2.py; resolution and channels come from the
+  data), loss.* the losses and lazy regularizers, ada.* the adaptive augmentation, ema_* the
+  generator's EMA, sample.* the truncation and noise of the sample workflow and of grids.
+  """
+  config.model.name = "stylegan2"
+  config.model.z_dim = 512
+  config.model.w_dim = 512
+  config.model.map_layers = 8
+  config.model.mapping_lr_multiplier = 0.01
+  config.model.channel_base = 16384  # channels min(channel_base / resolution, channel_max)
+  config.model.channel_max = 512
+  config.model.conv_clamp = 256.0
+  config.model.mbstd_group_size = 4
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.r1_gamma = 10.0
+  config.loss.r1_interval = 16  # lazy R1: every N steps; 0 with gamma 0 for none
+  config.loss.pl_weight = 2.0  # path-length regularization; 0: none
+  config.loss.pl_interval = 4
+  config.loss.pl_batch_shrink = 2
+  config.loss.pl_decay = 0.01
+  config.loss.style_mixing_prob = 0.9
+
+  config.ada = ml_collections.ConfigDict()
+  config.ada.augment = "ada"  # "ada" (p adapted), "fixed" (p = initial_p) or "none"
+  config.ada.initial_p = 0.0
+  config.ada.target = 0.6  # E[sign(D(real))] that ADA steers toward
+  config.ada.interval = 4  # steps between adjustments of p
+  config.ada.kimg = 500.0  # thousands of images for p to move from 0 to 1
+  # Per-transform probability multipliers and strengths (memjax.train.augment.AugmentOptions).
+  config.ada.strengths = ml_collections.ConfigDict()
+
+  config.optimizer.learning_rate = 0.0025
+  config.optimizer.d_learning_rate = config_dict.placeholder(float)  # None: learning_rate
+  config.optimizer.b1 = 0.0
+  config.optimizer.b2 = 0.99
+  config.optimizer.eps = 1e-8
+  config.ema_kimg = 10.0  # half-life of the generator's EMA, in thousands of images
+  config.ema_rampup = 0.05  # the half-life is at most this fraction of the images seen; None: off
+  config.data.mirror = False  # x-flip real images at random (the reference's --mirror=1)
+
+  config.sample = ml_collections.ConfigDict()
+  config.sample.truncation_psi = 1.0
+  config.sample.noise_mode = "const"  # as the reference's generate.py: "const", "random", "none"
+  return config

@@ -12,7 +12,20 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import jax  # noqa: E402  (must follow the flag)
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# Many tests compile the same step function afresh (a new trainer, a resumed run, a subprocess):
+# a compilation cache for this session (inherited by subprocesses) turns those into lookups by
+# the program's hash.
+_CACHE = tempfile.mkdtemp(prefix="memjax-test-xla-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+import jax  # noqa: E402  (must follow the flags)
 import pytest  # noqa: E402
 
 

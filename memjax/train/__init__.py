@@ -1,5 +1,5 @@
-"""Training: one module per model family (ddpm.py; StyleGAN2 and the contrastive encoder to come)
-over the shared loop.py (mesh, steps, EMA, checkpoints, metrics, sampling).
+"""Training: one module per model family (ddpm.py, stylegan2.py, contrastive.py) over the shared
+loop.py (mesh, steps, EMA, checkpoints, metrics, sampling).
 
 `config.model.name` picks the family; `make_trainer(config)` builds its `loop.Trainer`.
 """
@@ -13,6 +13,8 @@ import ml_collections
 # Model name -> the module whose make_trainer(config) builds its loop.Trainer.
 FAMILIES = {
     "ddpm": "memjax.train.ddpm",
+    "stylegan2": "memjax.train.stylegan2",
+    "contrastive": "memjax.train.contrastive",
 }
 
 

@@ -559,8 +559,12 @@ class _Metrics:
   def flush(self, step: int, values: list[dict[str, np.ndarray]], extra: Mapping[str, float]
             ) -> dict[str, float]:
     """Averages `values` (from `wait`), adds `extra`, and writes them for `step`."""
-    averaged = {key: float(np.mean([np.asarray(v[key], np.float32) for v in values]))
-                for key in (values[0] if values else {})}
+    averaged = {}
+    for key in (values[0] if values else {}):
+      # NaN marks a step that did not compute the metric (a regularizer of every 16th step).
+      series = np.asarray([np.asarray(v[key], np.float32) for v in values])
+      if not np.isnan(series).all():
+        averaged[key] = float(np.nanmean(series))
     averaged.update(extra)
     if self._writer is not None:
       for key, value in averaged.items():

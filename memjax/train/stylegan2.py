@@ -1,0 +1,309 @@
+"""The StyleGAN2 family on the shared loop: stylegan2-ada-pytorch's training, phase for phase.
+
+Every batch runs the reference's phases in its order, each with its own Adam update:
+  Gmain  non-saturating logistic loss, softplus(-D(G(z))), with style mixing (probability 0.9);
+  Greg   every `pl_interval` (4) steps: path-length regularization on half the batch,
+         (|J_w^T y| - a)^2 with a the running mean of the lengths, weighted `pl_weight` x interval;
+  Dmain  softplus(D(G(z))) + softplus(-D(x));
+  Dreg   every `r1_interval` (16) steps: R1 on reals, gamma/2 |grad_x D(x)|^2 x interval.
+Lazy regularization scales Adam's learning rate and betas by interval/(interval + 1). D sees every
+image (real or fake) through the adaptive augmentation (`memjax.train.augment`), whose
+probability p moves every `ada.interval` steps by sign(E[sign(D(x_real))] - target) x
+batch x interval / (ada.kimg x 1000), toward D's outputs on reals being positive 60% of the time.
+The generator's EMA has a half-life of `ema_kimg` thousand images (ramped up over the first
+images by `ema_rampup`), and the tracked w average is copied to it as the reference copies
+buffers. Gradients are sanitised (NaN -> 0, +-inf -> +-1e5) as the reference does.
+
+Each branch of a phase that runs only every few steps is an `nnx.cond`, so one compiled step
+serves every step, and the step's key alone decides its noise: a resumed run redraws the same.
+
+  python launch.py --config=configs/demo_stylegan2.py --workdir=runs/demo_stylegan2
+  python launch.py --config=configs/demo_stylegan2.py --workdir=runs/demo_stylegan2 \
+      --config.workflow=sample
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from memjax.models import stylegan2 as stylegan2_lib
+from memjax.train import augment as augment_lib
+from memjax.train import loop
+
+NAME = "stylegan2"
+
+
+class StyleGAN2State(nnx.Module):
+  """G, its EMA copy, D, their Adam states, the path-length mean, ADA's p and the step."""
+
+  def __init__(self, generator: stylegan2_lib.Generator,
+               discriminator: stylegan2_lib.Discriminator, g_tx: optax.GradientTransformation,
+               d_tx: optax.GradientTransformation, augment_p: float):
+    self.generator = generator
+    self.generator_ema = nnx.clone(generator)
+    self.discriminator = discriminator
+    self.g_optimizer = nnx.Optimizer(generator, g_tx, wrt=nnx.Param)
+    self.d_optimizer = nnx.Optimizer(discriminator, d_tx, wrt=nnx.Param)
+    self.pl_mean = stylegan2_lib.Buffer(jnp.zeros((), jnp.float32))
+    self.augment_p = stylegan2_lib.Buffer(jnp.asarray(augment_p, jnp.float32))
+    # Sum and count of sign(D(real)) since ADA last adjusted p.
+    self.ada_signs = stylegan2_lib.Buffer(jnp.zeros((2,), jnp.float32))
+    self.step = nnx.Variable(jnp.zeros((), jnp.int32))
+
+
+def make_models(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], key: jax.Array
+                ) -> tuple[stylegan2_lib.Generator, stylegan2_lib.Discriminator]:
+  """G and D of `config.model` for images of `image_shape` (H, W, C)."""
+  if len(image_shape) != 3 or image_shape[0] != image_shape[1]:
+    raise ValueError(f"StyleGAN2 trains on square 2D images (H, W, C), not {tuple(image_shape)}; "
+                     "for 3D data use a DDPM config")
+  options = config.model
+  g_key, d_key = jax.random.split(key)
+  common = dict(img_resolution=int(image_shape[0]), img_channels=int(image_shape[-1]),
+                channel_base=int(options.channel_base), channel_max=int(options.channel_max),
+                conv_clamp=options.get("conv_clamp"))
+  generator = stylegan2_lib.Generator(
+      z_dim=int(options.z_dim), w_dim=int(options.w_dim), mapping_layers=int(options.map_layers),
+      mapping_lr_multiplier=float(options.mapping_lr_multiplier), rngs=nnx.Rngs(params=g_key),
+      **common)
+  discriminator = stylegan2_lib.Discriminator(
+      mbstd_group_size=int(options.mbstd_group_size), rngs=nnx.Rngs(params=d_key), **common)
+  return generator, discriminator
+
+
+def lazy_adam(options: ml_collections.ConfigDict, learning_rate: float, interval: int
+              ) -> optax.GradientTransformation:
+  """Adam with the reference's lazy-regularization correction for a regularizer every `interval`."""
+  ratio = interval / (interval + 1) if interval > 0 else 1.0
+  return optax.adam(float(learning_rate) * ratio, b1=float(options.b1) ** ratio,
+                    b2=float(options.b2) ** ratio, eps=float(options.eps))
+
+
+def _sanitize(grads):
+  return jax.tree.map(lambda g: jnp.nan_to_num(g, nan=0.0, posinf=1e5, neginf=-1e5), grads)
+
+
+def _mapped(generator: stylegan2_lib.Generator, z: jax.Array, key: jax.Array,
+            mixing_prob: float) -> tuple[jax.Array, jax.Array]:
+  """(ws with style mixing, w of z): with probability `mixing_prob` the ws from a random cutoff in
+  [1, num_ws) on come from a second z, one cutoff for the whole batch (the reference's run_G)."""
+  mapping = generator.mapping
+  w = mapping.transform(z)
+  ws = mapping.broadcast(w)
+  if mixing_prob > 0:
+    cutoff_key, draw_key, z_key = jax.random.split(key, 3)
+    cutoff = jax.random.randint(cutoff_key, (), 1, mapping.num_ws)
+    cutoff = jnp.where(jax.random.uniform(draw_key) < mixing_prob, cutoff, mapping.num_ws)
+    other = mapping.broadcast(mapping.transform(jax.random.normal(z_key, z.shape, z.dtype)))
+    layer = jnp.arange(mapping.num_ws)[None, :, None]
+    ws = jnp.where(layer >= cutoff, other, ws)
+  return ws, w
+
+
+class _Settings:
+  """The training constants of a config, read once."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    loss = config.loss
+    self.r1_gamma = float(loss.r1_gamma)
+    self.r1_interval = int(loss.r1_interval)
+    self.pl_weight = float(loss.pl_weight)
+    self.pl_interval = int(loss.pl_interval)
+    self.pl_batch_shrink = int(loss.pl_batch_shrink)
+    self.pl_decay = float(loss.pl_decay)
+    self.style_mixing_prob = float(loss.style_mixing_prob)
+    self.mirror = bool(config.data.get("mirror", False))
+    self.ema_kimg = float(config.ema_kimg)
+    self.ema_rampup = config.get("ema_rampup")
+    ada = config.ada
+    self.augment = ada.augment  # "ada", "fixed" (p stays at ada.initial_p) or "none"
+    if self.augment not in ("ada", "fixed", "none"):
+      raise ValueError(f"--config.ada.augment must be 'ada', 'fixed' or 'none', not "
+                       f"{self.augment!r}")
+    self.ada_target = float(ada.target)
+    self.ada_interval = int(ada.interval)
+    self.ada_kimg = float(ada.kimg)
+    self.augment_options = augment_lib.AugmentOptions(**dict(ada.get("strengths", {})))
+    self.z_dim = int(config.model.z_dim)
+
+
+def train_step(state: StyleGAN2State, batch: dict[str, jax.Array], key: jax.Array, *,
+               settings: _Settings) -> dict[str, jax.Array]:
+  """One batch of the four phases, the EMA and ADA's adjustment (see the module docstring)."""
+  s = settings
+  reals = batch["image"]
+  n = reals.shape[0]
+  keys = iter(jax.random.split(key, 16))
+  if s.mirror:
+    flip = jax.random.bernoulli(next(keys), 0.5, (n, 1, 1, 1))
+    reals = jnp.where(flip, reals[:, :, ::-1], reals)
+  step = state.step[...]
+  p = state.augment_p[...] if s.augment != "none" else None
+
+  def discriminate(discriminator, images, aug_key):
+    if p is not None:
+      images = augment_lib.augment(images, aug_key, p, s.augment_options)
+    return discriminator(images)
+
+  # Gmain.
+  z_key, mix_key, noise_key, aug_key = (next(keys) for _ in range(4))
+
+  def g_main_loss(generator, discriminator):
+    z = jax.random.normal(z_key, (n, s.z_dim))
+    ws, w = _mapped(generator, z, mix_key, s.style_mixing_prob)
+    fakes = generator.synthesis(ws, "random", noise_key)
+    logits = discriminate(discriminator, fakes, aug_key)
+    return jnp.mean(jax.nn.softplus(-logits)), w
+
+  (g_loss, w), grads = nnx.value_and_grad(g_main_loss, has_aux=True)(
+      state.generator, state.discriminator)
+  state.g_optimizer.update(state.generator, _sanitize(grads))
+  state.generator.mapping.update_w_avg(w)
+
+  # Greg: path-length regularization.
+  pl_keys = [next(keys) for _ in range(4)]
+
+  def g_reg(state):
+    z_key, mix_key, noise_key, pl_key = pl_keys
+    count = max(n // s.pl_batch_shrink, 1)
+
+    def pl_loss(generator):
+      z = jax.random.normal(z_key, (count, s.z_dim))
+      ws, w = _mapped(generator, z, mix_key, s.style_mixing_prob)
+      images, pullback = jax.vjp(lambda ws: generator.synthesis(ws, "random", noise_key), ws)
+      pl_noise = jax.random.normal(pl_key, images.shape) / math.sqrt(
+          images.shape[1] * images.shape[2])
+      (gradients,) = pullback(pl_noise)
+      lengths = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(gradients), axis=2), axis=1))
+      pl_mean = state.pl_mean[...]
+      pl_mean = pl_mean + s.pl_decay * (jnp.mean(lengths) - pl_mean)
+      penalty = jnp.square(lengths - jax.lax.stop_gradient(pl_mean))
+      return jnp.mean(penalty) * s.pl_weight * s.pl_interval, (jnp.mean(penalty), pl_mean, w)
+
+    (_, (penalty, pl_mean, w)), grads = nnx.value_and_grad(pl_loss, has_aux=True)(
+        state.generator)
+    state.g_optimizer.update(state.generator, _sanitize(grads))
+    state.generator.mapping.update_w_avg(w)
+    state.pl_mean[...] = jax.lax.stop_gradient(pl_mean)
+    return penalty
+
+  if s.pl_weight > 0:
+    pl_penalty = nnx.cond(step % s.pl_interval == 0, g_reg, lambda state: jnp.float32(jnp.nan),
+                          state)
+  else:
+    pl_penalty = jnp.float32(jnp.nan)
+
+  # Dmain.
+  z_key, mix_key, noise_key, fake_aug, real_aug = (next(keys) for _ in range(5))
+  z = jax.random.normal(z_key, (n, s.z_dim))
+  ws, w = _mapped(state.generator, z, mix_key, s.style_mixing_prob)
+  fakes = jax.lax.stop_gradient(state.generator.synthesis(ws, "random", noise_key))
+  state.generator.mapping.update_w_avg(w)
+
+  def d_main_loss(discriminator):
+    fake_logits = discriminate(discriminator, fakes, fake_aug)
+    real_logits = discriminate(discriminator, reals, real_aug)
+    loss = jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
+    return loss, real_logits
+
+  (d_loss, real_logits), grads = nnx.value_and_grad(d_main_loss, has_aux=True)(
+      state.discriminator)
+  state.d_optimizer.update(state.discriminator, _sanitize(grads))
+  signs = jnp.stack([jnp.sum(jnp.sign(real_logits)), jnp.float32(n)])
+
+  # Dreg: R1 on reals (through the augmentation, as the reference differentiates D(aug(x))).
+  r1_key = next(keys)
+
+  def d_reg(state):
+
+    def r1_loss(discriminator):
+      logits, pullback = jax.vjp(lambda x: discriminate(discriminator, x, r1_key), reals)
+      (gradients,) = pullback(jnp.ones_like(logits))
+      penalty = jnp.sum(jnp.square(gradients), axis=(1, 2, 3))
+      return (jnp.mean(penalty) * (s.r1_gamma / 2) * s.r1_interval,
+              (jnp.mean(penalty), jax.lax.stop_gradient(logits)))
+
+    (_, (penalty, logits)), grads = nnx.value_and_grad(r1_loss, has_aux=True)(
+        state.discriminator)
+    state.d_optimizer.update(state.discriminator, _sanitize(grads))
+    return penalty, jnp.stack([jnp.sum(jnp.sign(logits)), jnp.float32(n)])
+
+  if s.r1_gamma > 0:
+    r1_penalty, r1_signs = nnx.cond(
+        step % s.r1_interval == 0, d_reg,
+        lambda state: (jnp.float32(jnp.nan), jnp.zeros((2,), jnp.float32)), state)
+    signs = signs + r1_signs
+  else:
+    r1_penalty = jnp.float32(jnp.nan)
+
+  # The generator's EMA: half-life ema_kimg thousand images, ramped up by ema_rampup.
+  ema_nimg = jnp.float32(s.ema_kimg * 1000)
+  if s.ema_rampup is not None:
+    ema_nimg = jnp.minimum(ema_nimg, (step * n).astype(jnp.float32) * float(s.ema_rampup))
+  beta = jnp.power(0.5, n / jnp.maximum(ema_nimg, 1e-8))
+  averaged = jax.tree.map(lambda e, w: w + beta * (e - w),
+                          nnx.state(state.generator_ema, nnx.Param),
+                          nnx.state(state.generator, nnx.Param))
+  nnx.update(state.generator_ema, averaged)
+  nnx.update(state.generator_ema, nnx.state(state.generator, stylegan2_lib.Buffer))
+
+  # ADA: every ada_interval steps, p moves toward E[sign(D(real))] = target.
+  real_sign = signs[0] / signs[1]
+  if s.augment == "ada":
+    total = state.ada_signs[...] + signs
+    adjust = (jnp.sign(total[0] / total[1] - s.ada_target) * (n * s.ada_interval)
+              / (s.ada_kimg * 1000))
+    due = step % s.ada_interval == 0
+    state.augment_p[...] = jnp.where(
+        due, jnp.clip(state.augment_p[...] + adjust, 0.0, 1.0), state.augment_p[...])
+    state.ada_signs[...] = jnp.where(due, jnp.zeros_like(total), total)
+  return {"loss_G": g_loss, "loss_D": d_loss, "pl_penalty": pl_penalty, "r1_penalty": r1_penalty,
+          "augment_p": state.augment_p[...], "real_sign": real_sign, "pl_mean": state.pl_mean[...]}
+
+
+def generate(state: StyleGAN2State, key: jax.Array, shape: tuple[int, ...],
+             sharding: jax.sharding.Sharding, *, truncation_psi: float,
+             noise_mode: str) -> jax.Array:
+  """Images of `shape` from the EMA generator, z ~ N(0, I), truncated toward w_avg by psi."""
+  z_key, noise_key = jax.random.split(key)
+  generator = state.generator_ema
+  z = jax.lax.with_sharding_constraint(jax.random.normal(z_key, (shape[0], generator.z_dim)),
+                                       sharding)
+  images = generator(z, noise_key, truncation_psi=truncation_psi, noise_mode=noise_mode)
+  return jnp.clip(images, -1.0, 1.0)
+
+
+def make_trainer(config: ml_collections.ConfigDict) -> loop.Trainer:
+  """The StyleGAN2 trainer of `config` (model.*, loss.*, ada.*, optimizer.*, ema_*, sample.*)."""
+  settings = _Settings(config)
+  learning_rate = float(config.optimizer.learning_rate)
+  d_learning_rate = config.optimizer.get("d_learning_rate")
+  d_learning_rate = learning_rate if d_learning_rate is None else float(d_learning_rate)
+  g_tx = lazy_adam(config.optimizer, learning_rate,
+                   settings.pl_interval if settings.pl_weight > 0 else 0)
+  d_tx = lazy_adam(config.optimizer, d_learning_rate,
+                   settings.r1_interval if settings.r1_gamma > 0 else 0)
+  noise_mode = config.sample.get("noise_mode", "const")
+  if noise_mode not in ("random", "const", "none"):
+    raise ValueError(f"--config.sample.noise_mode must be 'random', 'const' or 'none', not "
+                     f"{noise_mode!r}")
+  initial_p = float(config.ada.get("initial_p", 0.0)) if settings.augment != "none" else 0.0
+
+  def init_state(key: jax.Array, image_shape: tuple[int, ...]) -> StyleGAN2State:
+    generator, discriminator = make_models(config, image_shape, key)
+    return StyleGAN2State(generator, discriminator, g_tx, d_tx, initial_p)
+
+  return loop.Trainer(
+      name=NAME, init_state=init_state,
+      train_step=functools.partial(train_step, settings=settings),
+      generate=functools.partial(generate,
+                                 truncation_psi=float(config.sample.get("truncation_psi", 1.0)),
+                                 noise_mode=noise_mode),
+      learning_rate=lambda step: learning_rate)

@@ -1,0 +1,322 @@
+"""StyleGAN2: the layers against float64 numpy, the networks against stylegan2-ada-pytorch, training.
+
+`tests/data/stylegan2_reference.npz` holds a small G and D (16x16, 2 channels) drawn at random in NVlabs'
+stylegan2-ada-pytorch, inputs and the reference's outputs (written by
+tools/make_stylegan2_reference.py); the parity test runs from that file alone. The training tests
+use 8x8 images and tiny networks so that their steps compile in seconds.
+"""
+
+import pathlib
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from memjax import parallel
+from memjax.data import pipeline
+from memjax.models import stylegan2 as sg
+from memjax.train import loop
+from memjax.train import stylegan2
+
+REFERENCE = pathlib.Path(__file__).parent / "data" / "stylegan2_reference.npz"
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers against float64 numpy.
+
+
+def numpy_upfirdn2d(x, taps, up, down, padding, gain, flip_filter=False):
+  """The definition, in float64: zero insertion, padding (negative crops), 2D filter, decimation."""
+  x = np.asarray(x, np.float64)
+  n, h, w, c = x.shape
+  upsampled = np.zeros((n, h * up, w * up, c))
+  upsampled[:, ::up, ::up] = x
+  x0, x1, y0, y1 = padding
+  x = np.pad(upsampled, ((0, 0), (max(y0, 0), max(y1, 0)), (max(x0, 0), max(x1, 0)), (0, 0)))
+  x = x[:, max(-y0, 0):x.shape[1] - max(-y1, 0), max(-x0, 0):x.shape[2] - max(-x1, 0)]
+  f = np.outer(taps, taps) * gain
+  if not flip_filter:
+    f = f[::-1, ::-1]
+  k = f.shape[0]
+  out_h, out_w = x.shape[1] - k + 1, x.shape[2] - k + 1
+  out = np.zeros((n, out_h, out_w, c))
+  for i in range(k):
+    for j in range(k):
+      out += f[i, j] * x[:, i:i + out_h, j:j + out_w]
+  return out[:, ::down, ::down]
+
+
+@pytest.mark.parametrize("up,down,padding,gain", [
+    (1, 1, (1, 2, 0, 3), 1.0),
+    (2, 1, (2, 1, 2, 1), 4.0),  # upsample2d
+    (1, 2, (1, 1, 1, 1), 1.0),  # the discriminator's 1x1 skip
+    (2, 1, (-1, 2, 1, -2), 4.0),  # negative padding crops
+])
+def test_fir_filtering_matches_float64_numpy(rng, up, down, padding, gain):
+  x = rng.standard_normal((2, 9, 7, 3)).astype(np.float32)
+  taps = rng.uniform(0.1, 1.0, 4)  # Asymmetric: a wrong flip would show.
+  got = sg.upfirdn2d(jnp.asarray(x), tuple(taps), up=up, down=down, padding=padding, gain=gain)
+  want = numpy_upfirdn2d(x, taps, up, down, padding, gain)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-5)
+
+
+def test_resample_filter_is_normalised_1_3_3_1():
+  taps = np.asarray(sg.fir_taps())
+  np.testing.assert_allclose(np.outer(taps, taps), np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64)
+
+
+def numpy_conv(x, w, padding):
+  """Correlation of (N, H, W, I) with [O, I, k, k], zero padding, float64."""
+  x = np.pad(np.asarray(x, np.float64), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  k = w.shape[2]
+  out_h, out_w = x.shape[1] - k + 1, x.shape[2] - k + 1
+  return sum(np.einsum("nhwi,oi->nhwo", x[:, i:i + out_h, j:j + out_w], w[:, :, i, j])
+             for i in range(k) for j in range(k))
+
+
+def test_demodulated_weights_have_unit_norm_per_output_feature(rng):
+  n, cin, cout = 3, 5, 4
+  x = rng.standard_normal((n, 6, 6, cin)).astype(np.float32)
+  weight = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
+  styles = rng.uniform(0.2, 2.0, (n, cin)).astype(np.float32)
+  got = np.asarray(sg.modulated_conv2d(jnp.asarray(x), jnp.asarray(weight), jnp.asarray(styles),
+                                       padding=1))
+  for i in range(n):
+    # The per-image weights: modulated by the styles, each output feature scaled to unit norm.
+    modulated = weight.astype(np.float64) * styles[i].astype(np.float64)[None, :, None, None]
+    norms = np.sqrt(np.sum(modulated**2, axis=(1, 2, 3)) + 1e-8)
+    demodulated = modulated / norms[:, None, None, None]
+    np.testing.assert_allclose(np.sqrt(np.sum(demodulated**2, axis=(1, 2, 3))), 1.0, rtol=1e-9)
+    np.testing.assert_allclose(got[i], numpy_conv(x[i:i + 1], demodulated, 1)[0], atol=1e-4)
+
+
+def test_equalized_learning_rate_scales(rng):
+  rngs = nnx.Rngs(0)
+  mapping = sg.FullyConnected(256, 64, lr_multiplier=0.01, bias_init=0.5, rngs=rngs)
+  assert mapping.weight_gain == pytest.approx(0.01 / 16) and mapping.bias_gain == 0.01
+  stored = np.asarray(mapping.weight[...])
+  assert np.std(stored) == pytest.approx(100.0, rel=0.05)  # N(0, 1) / lr_multiplier.
+  x = rng.standard_normal((4, 256)).astype(np.float32)
+  want = x.astype(np.float64) @ (stored.astype(np.float64) * 0.01 / 16).T + 0.5 * 0.01
+  np.testing.assert_allclose(np.asarray(mapping(jnp.asarray(x))), want, atol=1e-5)
+
+  conv = sg.Conv2dLayer(32, 8, 3, activation="lrelu", rngs=rngs)
+  assert conv.weight_gain == pytest.approx(1 / np.sqrt(32 * 9))
+  assert np.std(np.asarray(conv.weight[...])) == pytest.approx(1.0, rel=0.1)
+  image = rng.standard_normal((2, 5, 5, 32)).astype(np.float32)
+  linear = numpy_conv(image, np.asarray(conv.weight[...], np.float64) * conv.weight_gain, 1)
+  want = np.where(linear >= 0, linear, 0.2 * linear) * np.sqrt(2)
+  np.testing.assert_allclose(np.asarray(conv(jnp.asarray(image))), want, atol=1e-4)
+
+
+def test_minibatch_stddev_groups_images_as_the_reference(rng):
+  x = rng.standard_normal((8, 2, 2, 3)).astype(np.float32)
+  got = np.asarray(sg.minibatch_stddev(jnp.asarray(x), group_size=4))
+  assert got.shape == (8, 2, 2, 4)
+  np.testing.assert_array_equal(got[..., :3], x)
+  for i in range(8):
+    group = x[i % 2::2].astype(np.float64)  # Image i is in group i mod (N / G).
+    want = np.mean(np.sqrt(np.var(group, axis=0) + 1e-8))
+    np.testing.assert_allclose(got[i, ..., 3], want, rtol=1e-5)
+  with pytest.raises(ValueError, match="divisible"):
+    sg.minibatch_stddev(jnp.asarray(x[:6]), group_size=4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity with stylegan2-ada-pytorch.
+
+
+@pytest.fixture(scope="module")
+def reference():
+  with np.load(REFERENCE) as stored:
+    return dict(stored)
+
+
+def reference_models(reference):
+  arguments = {k: int(reference[k]) for k in (
+      "z_dim", "w_dim", "img_resolution", "img_channels", "num_mapping_layers", "channel_base",
+      "channel_max", "conv_clamp", "mbstd_group_size")}
+  common = dict(img_resolution=arguments["img_resolution"],
+                img_channels=arguments["img_channels"], channel_base=arguments["channel_base"],
+                channel_max=arguments["channel_max"], conv_clamp=arguments["conv_clamp"])
+  generator = sg.Generator(z_dim=arguments["z_dim"], w_dim=arguments["w_dim"],
+                           mapping_layers=arguments["num_mapping_layers"], rngs=nnx.Rngs(0),
+                           **common)
+  discriminator = sg.Discriminator(mbstd_group_size=arguments["mbstd_group_size"],
+                                   rngs=nnx.Rngs(1), **common)
+  return generator, discriminator
+
+
+def test_generator_and_discriminator_match_stylegan2_ada_pytorch(reference):
+  generator, discriminator = reference_models(reference)
+  assert generator.num_ws == int(reference["num_ws"])
+  sg.load_torch_state_dict(reference, generator=generator, discriminator=discriminator)
+  psi = float(reference["truncation_psi"])
+
+  @nnx.jit  # One compilation rather than hundreds of small ones.
+  def run(generator, discriminator, z, ws, ws_mix, img, x_real):
+    to_nhwc = lambda x: jnp.transpose(x, (0, 2, 3, 1))
+    to_nchw = lambda x: jnp.transpose(x, (0, 3, 1, 2))
+    return {
+        "ws": generator.mapping(z),
+        "ws_trunc": generator.mapping(z, psi),
+        "img": to_nchw(generator(z, noise_mode="const")),
+        "img_trunc": to_nchw(generator(z, truncation_psi=psi, noise_mode="const")),
+        "img_nonoise": to_nchw(generator.synthesis(ws, "none")),
+        "img_mix": to_nchw(generator.synthesis(ws_mix, "const")),
+        "d_fake": discriminator(to_nhwc(img)),
+        "d_real": discriminator(to_nhwc(x_real)),
+    }
+
+  outputs = run(generator, discriminator,
+                *(jnp.asarray(reference[k]) for k in ("z", "ws", "ws_mix", "img", "x_real")))
+  for name, got in outputs.items():
+    want = reference[name]
+    np.testing.assert_allclose(np.asarray(got).reshape(want.shape), want, atol=1e-4, rtol=0,
+                               err_msg=name)
+  # The outputs are not trivially small: a wrong layer would show far above the tolerance.
+  assert np.abs(reference["img"]).max() > 1 and np.ptp(reference["d_fake"]) > 0.1
+
+
+def test_loading_names_what_does_not_fit(reference):
+  generator, discriminator = reference_models(reference)
+  state = {k[2:]: v for k, v in reference.items() if k.startswith("G.")}
+  del state["synthesis.b8.conv0.weight"]
+  with pytest.raises(ValueError, match="synthesis.b8.conv0.weight"):
+    generator.load_torch_state_dict(state)
+  state = {k[2:]: v for k, v in reference.items() if k.startswith("D.")}
+  state["b4.fc.weight"] = state["b4.fc.weight"][:, :-1]
+  with pytest.raises(ValueError, match="b4.fc.weight"):
+    discriminator.load_torch_state_dict(state)
+  state["b4.fc.weight"] = reference["D.b4.fc.weight"]
+  state["mapping.embed.weight"] = np.zeros((2, 2), np.float32)
+  with pytest.raises(ValueError, match="class conditioning"):
+    discriminator.load_torch_state_dict(state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training.
+
+SIZE = 8
+
+
+def make_config(**overrides):
+  """StyleGAN2 at 8x8 with 16-channel layers: compiles in seconds, steps in milliseconds."""
+  config = default.stylegan2(default.get_config())
+  config.workflow = "train"
+  config.model.z_dim = config.model.w_dim = 16
+  config.model.map_layers = 2
+  config.model.channel_base = 64
+  config.model.channel_max = 16
+  config.batch_size = 8
+  config.num_train_steps = 4
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 2
+  config.async_checkpoints = False
+  config.progress = False
+  config.data.num_threads = 1
+  config.loss.r1_gamma = 1.0
+  config.loss.r1_interval = 4
+  config.loss.pl_interval = 2
+  config.num_samples = 12
+  config.sample_batch_size = 8
+  for key, value in overrides.items():
+    target = config
+    *parents, name = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[name] = value
+  return config
+
+
+def training_images(count=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return rng.integers(0, 256, (count, SIZE, SIZE, 1)).astype(np.uint8)
+
+
+def test_one_step_is_the_same_on_4_and_1_devices():
+  # Every phase runs; the augmentation's own sharded run is checked in test_augment.py.
+  config = make_config(**{"ada.augment": "none"})
+  images = pipeline.to_unit_range(training_images())
+  results = []
+  for devices in (4, 1):
+    compiled = loop.CompiledTrainer(stylegan2.make_trainer(config), parallel.data_mesh(devices),
+                                    images.shape[1:], seed=0)
+    rngs, state = compiled.init()
+    state, rngs, metrics = compiled.step(state, rngs,
+                                         {"image": jax.device_put(images, compiled.rows)})
+    results.append((jax.device_get(metrics), compiled.module(state, rngs)))
+  (metrics_4, four), (metrics_1, one) = results
+  for key in ("loss_G", "loss_D", "pl_penalty", "r1_penalty"):
+    assert np.isfinite(metrics_1[key])
+    assert float(metrics_4[key]) == pytest.approx(float(metrics_1[key]), rel=1e-5, abs=1e-6)
+  for name in ("generator", "generator_ema", "discriminator"):
+    got = jax.tree.leaves(nnx.state(getattr(four, name)))
+    want = jax.tree.leaves(nnx.state(getattr(one, name)))
+    assert len(got) == len(want) > 10
+    for a, b in zip(got, want):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+  assert float(one.pl_mean[...]) > 0  # The path-length mean moved off 0.
+
+
+def test_ada_raises_p_when_d_overfits_and_keeps_it_near_0_when_it_cannot():
+  """G is frozen (learning rate 0). Overfitting: 8 fixed real images, which D learns to tell from
+  G's images, so its outputs on reals turn positive and p rises. Cannot overfit: the "real"
+  images are fresh samples of the same frozen G every step, so no D can tell them apart."""
+  config = make_config(**{"optimizer.learning_rate": 0.0, "optimizer.d_learning_rate": 0.01,
+                          "ada.kimg": 0.32, "loss.pl_weight": 0.0,
+                          "loss.style_mixing_prob": 0.0})
+  compiled = loop.CompiledTrainer(stylegan2.make_trainer(config), parallel.data_mesh(1),
+                                  (SIZE, SIZE, 1), seed=0)
+  fixed = pipeline.to_unit_range(training_images())
+  frozen = compiled.module(*compiled.init()).generator
+  sample_g = nnx.jit(lambda generator, z, key: generator(z, key))  # As the training draws fakes.
+  trajectories = {}
+  for case in ("overfit", "cannot"):
+    rngs, state = compiled.init()
+    p = []
+    for i in range(48):
+      if case == "overfit":
+        reals = fixed
+      else:
+        key = jax.random.key(1000 + i)
+        reals = sample_g(frozen, jax.random.normal(key, (8, 16)), jax.random.fold_in(key, 1))
+      state, rngs, metrics = compiled.step(state, rngs, {"image": reals})
+      p.append(float(metrics["augment_p"]))
+    trajectories[case] = np.asarray(p)
+  # Each adjustment moves p by 8 x 4 / 320 = 0.1, every 4 steps.
+  assert trajectories["overfit"][-1] >= 0.5, trajectories["overfit"]
+  assert trajectories["cannot"].max() <= 0.2, trajectories["cannot"]
+
+
+def test_training_resumes_to_the_same_state_and_samples(tmp_path):
+  images = training_images()
+  data = loop.TrainingData([{"image": image} for image in images], images.shape[1:],
+                           images.dtype, "eight images")
+  mesh = parallel.data_mesh(1)
+  config = make_config(num_train_steps=4)
+  whole = loop.train(config, tmp_path / "whole", stylegan2.make_trainer(config), data=data,
+                     mesh=mesh)
+  # Stopped after step 2 (a checkpoint), then the same command with the full step count.
+  loop.train(make_config(num_train_steps=2), tmp_path / "split",
+             stylegan2.make_trainer(config), data=data, mesh=mesh)
+  resumed = loop.train(config, tmp_path / "split", stylegan2.make_trainer(config), data=data,
+                       mesh=mesh)
+  assert whole.step == resumed.step == 4
+  got = jax.tree.leaves(nnx.state(resumed.state))
+  want = jax.tree.leaves(nnx.state(whole.state))
+  assert len(got) == len(want)
+  for a, b in zip(got, want):
+    if jnp.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key):
+      continue
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  folder = loop.sample(config, tmp_path / "split", stylegan2.make_trainer(config), mesh=mesh)
+  samples = np.concatenate([np.load(path)["images"] for path in sorted(folder.glob("*.npz"))])
+  assert samples.shape == (12, SIZE, SIZE, 1) and samples.dtype == np.uint8
+  assert samples.std() > 0
+  assert list((tmp_path / "split" / "grids").glob("samples_step_*.png"))
