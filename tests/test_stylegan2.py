@@ -268,8 +268,8 @@ def test_ada_raises_p_when_d_overfits_and_keeps_it_near_0_when_it_cannot():
   G's images, so its outputs on reals turn positive and p rises. Cannot overfit: the "real"
   images are fresh samples of the same frozen G every step, so no D can tell them apart."""
   config = make_config(**{"optimizer.learning_rate": 0.0, "optimizer.d_learning_rate": 0.01,
-                          "ada.kimg": 0.32, "loss.pl_weight": 0.0,
-                          "loss.style_mixing_prob": 0.0})
+                          "ada.kimg": 0.32, "loss.pl_weight": 0.0, "loss.r1_gamma": 0.0,
+                          "loss.style_mixing_prob": 0.0})  # One step variant to compile.
   compiled = loop.CompiledTrainer(stylegan2.make_trainer(config), parallel.data_mesh(1),
                                   (SIZE, SIZE, 1), seed=0)
   fixed = pipeline.to_unit_range(training_images())
@@ -285,7 +285,7 @@ def test_ada_raises_p_when_d_overfits_and_keeps_it_near_0_when_it_cannot():
       else:
         key = jax.random.key(1000 + i)
         reals = sample_g(frozen, jax.random.normal(key, (8, 16)), jax.random.fold_in(key, 1))
-      state, rngs, metrics = compiled.step(state, rngs, {"image": reals})
+      state, rngs, metrics = compiled.step(state, rngs, {"image": reals}, i)
       p.append(float(metrics["augment_p"]))
     trajectories[case] = np.asarray(p)
   # Each adjustment moves p by 8 x 4 / 320 = 0.1, every 4 steps.
@@ -298,11 +298,11 @@ def test_training_resumes_to_the_same_state_and_samples(tmp_path):
   data = loop.TrainingData([{"image": image} for image in images], images.shape[1:],
                            images.dtype, "eight images")
   mesh = parallel.data_mesh(1)
-  config = make_config(num_train_steps=4)
+  config = make_config(num_train_steps=4, **{"loss.r1_interval": 2})  # Two step variants.
   whole = loop.train(config, tmp_path / "whole", stylegan2.make_trainer(config), data=data,
                      mesh=mesh)
   # Stopped after step 2 (a checkpoint), then the same command with the full step count.
-  loop.train(make_config(num_train_steps=2), tmp_path / "split",
+  loop.train(make_config(num_train_steps=2, **{"loss.r1_interval": 2}), tmp_path / "split",
              stylegan2.make_trainer(config), data=data, mesh=mesh)
   resumed = loop.train(config, tmp_path / "split", stylegan2.make_trainer(config), data=data,
                        mesh=mesh)

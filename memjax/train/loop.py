@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
+import functools
 import logging as std_logging
 import math
 import os
@@ -70,6 +71,10 @@ class Trainer:
       splits the batch axis over the mesh (constrain large intermediates with it).
     learning_rate: step -> learning rate, for the logs; None to log none.
     features: the data set's features a batch holds; the first is the image.
+    variant: step -> a hashable key, for families whose steps differ by step number (StyleGAN2's
+      regularizers every 4th and 16th step); train_step is then called with `variant=key` and
+      compiled once per key. XLA's CPU backend runs a `lax.cond` branch an order of magnitude
+      slower than the same code outside one, so such steps are separate programs instead.
   """
   name: str
   init_state: Callable[[jax.Array, tuple[int, ...]], nnx.Module]
@@ -77,6 +82,7 @@ class Trainer:
   generate: Callable[[nnx.Module, jax.Array, tuple[int, ...], Any], jax.Array] | None = None
   learning_rate: Callable[[int], Any] | None = None
   features: tuple[str, ...] = ("image",)
+  variant: Callable[[int], Any] | None = None
 
 
 class TrainState(nnx.Module):
@@ -369,21 +375,22 @@ class CompiledTrainer:
     self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: trainer.init_state(self.keys.init, shape)))
     self._init = jax.jit(init, out_shardings=self.replicated)
 
-    def step(state, rngs, batch, train_key):
+    def step(state, rngs, batch, train_key, variant):
       module = nnx.merge(self.graphdef, rngs, state)
       key = jax.random.fold_in(train_key, module.step[...])
       batch = dict(batch)
       image_key = trainer.features[0]
       batch[image_key] = downsample(batch[image_key], self.downsample_factor)
-      metrics = trainer.train_step(module, batch, key)
+      if trainer.variant is None:
+        metrics = trainer.train_step(module, batch, key)
+      else:
+        metrics = trainer.train_step(module, batch, key, variant=variant)
       module.step[...] += 1
       _, rngs, state = nnx.split(module, nnx.RngState, ...)
       return state, rngs, metrics
 
-    self._step = jax.jit(step, donate_argnums=(0, 1),
-                         in_shardings=(self.replicated, self.replicated, self.rows,
-                                       self.replicated),
-                         out_shardings=(self.replicated, self.replicated, self.replicated))
+    self._step_function = step
+    self._steps = {}
     self._generate = {}
 
   def init(self) -> tuple[nnx.State, nnx.State]:
@@ -398,8 +405,23 @@ class CompiledTrainer:
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), state)
 
-  def step(self, state, rngs, batch):
-    return self._step(state, rngs, batch, self.keys.train)
+  def step(self, state, rngs, batch, step: int | None = None):
+    """One training step of `state` (donated) on a global batch.
+
+    `step` is the state's step number, which families with step variants need; when None it is
+    read from the state (a wait for the device).
+    """
+    variant = None
+    if self.trainer.variant is not None:
+      if step is None:
+        step = int(jax.device_get(state["step"][...]))
+      variant = self.trainer.variant(int(step))
+    if variant not in self._steps:
+      self._steps[variant] = jax.jit(
+          functools.partial(self._step_function, variant=variant), donate_argnums=(0, 1),
+          in_shardings=(self.replicated, self.replicated, self.rows, self.replicated),
+          out_shardings=(self.replicated, self.replicated, self.replicated))
+    return self._steps[variant](state, rngs, batch, self.keys.train)
 
   def module(self, state, rngs) -> nnx.Module:
     return nnx.merge(self.graphdef, rngs, state)
@@ -654,7 +676,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, traine
   in_flight = None
   try:
     while step < num_steps:
-      state, rngs, step_metrics = compiled.step(state, rngs, next(batches))
+      state, rngs, step_metrics = compiled.step(state, rngs, next(batches), step)
       step += 1
       metrics.add(step_metrics)
       # At most two steps in flight: the next batch is read while this step runs, and the

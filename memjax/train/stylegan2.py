@@ -14,8 +14,9 @@ The generator's EMA has a half-life of `ema_kimg` thousand images (ramped up ove
 images by `ema_rampup`), and the tracked w average is copied to it as the reference copies
 buffers. Gradients are sanitised (NaN -> 0, +-inf -> +-1e5) as the reference does.
 
-Each branch of a phase that runs only every few steps is an `nnx.cond`, so one compiled step
-serves every step, and the step's key alone decides its noise: a resumed run redraws the same.
+The phases that run only every few steps make three variants of the step (neither regularizer,
+path length, both), each compiled once (`loop.Trainer.variant`), and the step's key alone decides
+its noise: a resumed run redraws the same.
 
   python launch.py --config=configs/demo_stylegan2.py --workdir=runs/demo_stylegan2
   python launch.py --config=configs/demo_stylegan2.py --workdir=runs/demo_stylegan2 \
@@ -134,9 +135,16 @@ class _Settings:
     self.z_dim = int(config.model.z_dim)
 
 
+def regularizers_due(step: int, settings: _Settings) -> tuple[bool, bool]:
+  """(path length, R1): whether step `step` runs each lazy regularizer (the step's variant)."""
+  return (settings.pl_weight > 0 and step % settings.pl_interval == 0,
+          settings.r1_gamma > 0 and step % settings.r1_interval == 0)
+
+
 def train_step(state: StyleGAN2State, batch: dict[str, jax.Array], key: jax.Array, *,
-               settings: _Settings) -> dict[str, jax.Array]:
-  """One batch of the four phases, the EMA and ADA's adjustment (see the module docstring)."""
+               settings: _Settings, variant: tuple[bool, bool]) -> dict[str, jax.Array]:
+  """One batch of the phases due (`variant`: `regularizers_due`), the EMA and ADA's adjustment."""
+  do_pl, do_r1 = variant
   s = settings
   reals = batch["image"]
   n = reals.shape[0]
@@ -194,11 +202,7 @@ def train_step(state: StyleGAN2State, batch: dict[str, jax.Array], key: jax.Arra
     state.pl_mean[...] = jax.lax.stop_gradient(pl_mean)
     return penalty
 
-  if s.pl_weight > 0:
-    pl_penalty = nnx.cond(step % s.pl_interval == 0, g_reg, lambda state: jnp.float32(jnp.nan),
-                          state)
-  else:
-    pl_penalty = jnp.float32(jnp.nan)
+  pl_penalty = g_reg(state) if do_pl else jnp.float32(jnp.nan)
 
   # Dmain.
   z_key, mix_key, noise_key, fake_aug, real_aug = (next(keys) for _ in range(5))
@@ -235,13 +239,10 @@ def train_step(state: StyleGAN2State, batch: dict[str, jax.Array], key: jax.Arra
     state.d_optimizer.update(state.discriminator, _sanitize(grads))
     return penalty, jnp.stack([jnp.sum(jnp.sign(logits)), jnp.float32(n)])
 
-  if s.r1_gamma > 0:
-    r1_penalty, r1_signs = nnx.cond(
-        step % s.r1_interval == 0, d_reg,
-        lambda state: (jnp.float32(jnp.nan), jnp.zeros((2,), jnp.float32)), state)
+  r1_penalty = jnp.float32(jnp.nan)
+  if do_r1:
+    r1_penalty, r1_signs = d_reg(state)
     signs = signs + r1_signs
-  else:
-    r1_penalty = jnp.float32(jnp.nan)
 
   # The generator's EMA: half-life ema_kimg thousand images, ramped up by ema_rampup.
   ema_nimg = jnp.float32(s.ema_kimg * 1000)
@@ -303,6 +304,7 @@ def make_trainer(config: ml_collections.ConfigDict) -> loop.Trainer:
   return loop.Trainer(
       name=NAME, init_state=init_state,
       train_step=functools.partial(train_step, settings=settings),
+      variant=functools.partial(regularizers_due, settings=settings),
       generate=functools.partial(generate,
                                  truncation_psi=float(config.sample.get("truncation_psi", 1.0)),
                                  noise_mode=noise_mode),
