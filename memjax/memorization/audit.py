@@ -2,6 +2,8 @@
 
 Writes into the output folder:
   matches.csv   synthetic,rank,train,correlation,memorized (k rows per synthetic image)
+  correlations.npz  the same as arrays: values and indices (N_synthetic, k), the threshold, and
+                each training image's max correlation with the holdout set when one is given
   summary.json  counts, the threshold and its rule, fraction memorized, quantiles, zero-variance ids
   histogram.png, pairs.png, report.html (see `report.py`)
 """
@@ -77,6 +79,10 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
   if jax.process_index() != 0:  # every host holds the result; one writes it
     return summary
   _write_matches(out_dir / "matches.csv", synthetic, train, result, memorized)
+  arrays = {"values": result.values, "indices": result.indices, "threshold": chosen.value}
+  if holdout_max is not None:
+    arrays["holdout_max_correlation"] = holdout_max
+  np.savez(out_dir / "correlations.npz", **arrays)
   (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   report_lib.write_audit_report(
       out_dir, synthetic=synthetic, train=train, max_correlation=max_correlation,
