@@ -68,6 +68,16 @@ def _audit(config: ml_collections.ConfigDict, samples: pathlib.Path, out: pathli
     recorded.write_text(json.dumps(inputs, indent=2) + "\n")
 
 
+def _settings(config: ml_collections.ConfigDict, names: list[str]) -> dict[str, Any]:
+  """What the demo ran with: the data, the audit, and each model's training and sampling keys."""
+  everything = json.loads(config.to_json_best_effort())
+  unused = ("audit", "synthetic", "train", "holdout", "workflow")  # The demo's own, not a model's.
+  settings = {key: everything[key] for key in ("train", "holdout", "seed", "audit", "models")}
+  for name in names:
+    settings[name] = {k: v for k, v in everything[name].items() if k not in unused}
+  return settings
+
+
 def run_demo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Runs the demo in `workdir`; returns what it writes to summary.json."""
   from memjax.data import sources  # pylint: disable=g-import-not-at-top
@@ -75,6 +85,9 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
   from memjax import train as train_lib  # pylint: disable=g-import-not-at-top
   from memjax.train import loop  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
+  if not config.get("models"):
+    raise ValueError("the demo workflow needs the models to train and their configs: run it "
+                     "with --config=configs/demo.py")
   names = list(config.models)
   if not names:
     raise ValueError("--config.models names no model to train")
@@ -144,7 +157,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
         train=sources.open_source(config.train), threshold=threshold,
         threshold_rule=first_summary["threshold"]["description"],
         holdout_max_correlation=holdout_max,
-        settings=json.loads(config.to_json_best_effort()),
+        settings=_settings(config, names),
         num_pairs=int(config.get("report_pairs", 4)),
         redact=bool(config.audit.redact_training_images))
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -510,9 +510,9 @@ def test_cli_truncated_png_found_during_the_search(small_folders, tmp_path):
   _check_user_error(process, small_folders / "truncated" / "tr_002.png", "cannot be decoded")
 
 
-def test_cli_demo_workflow_is_not_built_yet(tmp_path):
+def test_cli_demo_workflow_needs_the_demo_config(tmp_path):
   process = _launch("--config.workflow=demo", f"--workdir={tmp_path / 'run'}")
-  _check_user_error(process, "demo", "not built yet")
+  _check_user_error(process, "configs/demo.py")
 
 
 def test_missing_synthetic_path(small_folders, tmp_path):
@@ -566,10 +566,10 @@ def test_unknown_workflow(tmp_path):
   assert "audit" in str(error.value)
 
 
-def test_pending_workflows(tmp_path):
+def test_demo_workflow_without_models_names_the_demo_config(tmp_path):
   config = _config()
   config.workflow = "demo"
-  with pytest.raises(NotImplementedError, match="demo"):
+  with pytest.raises(ValueError, match="configs/demo.py"):
     workflows.run(config, tmp_path)
 
 

@@ -16,6 +16,20 @@ that the two networks match. Each side is warmed up (compilation, allocator), th
 PyTorch is not a dependency of memjax. `pip install torch==2.13.0` takes a CPU build on this
 project's machines; a plain `pip install torch` downloads a multi-GB CUDA build. Without torch
 and diffusers the PyTorch side is skipped with a message.
+
+StyleGAN2 (--model=stylegan2, --stylegan2_config=demo|cxr|brats20):
+
+  python tools/bench_train.py --model=stylegan2 --stylegan2_config=demo
+  python tools/bench_train.py --model=stylegan2 --stylegan2_config=cxr --batch_size=8 \
+      --stylegan2_reference=/path/to/stylegan2-ada-pytorch
+
+memjax's StyleGAN2 training is timed per step variant (no regularizer; path length every 4th
+step; path length and R1 every 16th) with the config's ADA on, and the amortized rate over 16
+steps is printed: every step is one generator and one discriminator update, so generator and
+discriminator steps per second are both that rate. With --stylegan2_reference (a checkout of
+NVlabs' stylegan2-ada-pytorch and torch) the plain step (Gmain then Dmain: non-saturating loss,
+Adam, no regularizer, no augmentation, no style mixing) is also timed on both sides with the
+same networks, and the ratio is printed.
 """
 
 from __future__ import annotations
@@ -46,6 +60,10 @@ def _parse_args() -> argparse.Namespace:
   parser.add_argument("--attention_resolutions", type=_ints, default=(16,))
   parser.add_argument("--num_head_channels", type=int, default=64)
   parser.add_argument("--diffusion_steps", type=int, default=1000)
+  parser.add_argument("--model", choices=("ddpm", "stylegan2"), default="ddpm")
+  parser.add_argument("--stylegan2_config", choices=("demo", "cxr", "brats20"), default="demo")
+  parser.add_argument("--stylegan2_reference", default=None,
+                      help="a stylegan2-ada-pytorch checkout, for the PyTorch side")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
   parser.add_argument("--steps", type=int, default=10, help="timed steps")
   return parser.parse_args()
@@ -151,8 +169,129 @@ def bench_pytorch(args: argparse.Namespace) -> tuple[float, int] | str:
   return seconds, sum(p.numel() for p in model.parameters())
 
 
+def _stylegan2_config(args: argparse.Namespace):
+  import importlib  # pylint: disable=g-import-not-at-top
+  name = {"demo": "demo_stylegan2", "cxr": "cxr_stylegan2", "brats20": "brats20_stylegan2"}[
+      args.stylegan2_config]
+  config = importlib.import_module(f"configs.{name}").get_config()
+  if args.batch_size_given:
+    config.batch_size = args.batch_size
+  shape = {"demo": (32, 32, 3), "cxr": (256, 256, 1), "brats20": (256, 256, 5)}[
+      args.stylegan2_config]
+  return config, shape
+
+
+def bench_stylegan2_memjax(config, shape, steps: int, variants) -> dict:
+  """Seconds per step of each step variant of memjax's StyleGAN2 on one device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from memjax import parallel  # pylint: disable=g-import-not-at-top
+  from memjax.train import loop  # pylint: disable=g-import-not-at-top
+  from memjax.train import stylegan2  # pylint: disable=g-import-not-at-top
+  compiled = loop.CompiledTrainer(stylegan2.make_trainer(config), parallel.data_mesh(1), shape,
+                                  seed=0)
+  rngs, state = compiled.init()
+  images = np.random.default_rng(0).uniform(-1, 1, (config.batch_size, *shape)).astype(np.float32)
+  batch = {"image": jax.device_put(images, compiled.rows)}
+  holder = {"state": state, "rngs": rngs}
+  seconds = {}
+  for name, step_number in variants:
+    def step(step_number=step_number):
+      holder["state"], holder["rngs"], metrics = compiled.step(holder["state"], holder["rngs"],
+                                                               batch, step_number)
+      jax.block_until_ready(metrics)
+    seconds[name] = _time_steps(step, 1, steps)
+  return seconds
+
+
+def bench_stylegan2_pytorch(config, shape, reference: str, steps: int) -> float | str:
+  """Seconds per plain step (Gmain, Dmain) of stylegan2-ada-pytorch's networks, or why not."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return "skipped: torch is not installed (pip install torch==2.13.0, a CPU build here)"
+  sys.path.insert(0, reference)
+  try:
+    from training import networks  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    return f"skipped: {reference} is not a stylegan2-ada-pytorch checkout ({e})"
+  model = config.model
+  size, channels = shape[0], shape[-1]
+  torch.manual_seed(0)
+  g = networks.Generator(z_dim=model.z_dim, c_dim=0, w_dim=model.w_dim, img_resolution=size,
+                         img_channels=channels, mapping_kwargs=dict(num_layers=model.map_layers),
+                         synthesis_kwargs=dict(channel_base=model.channel_base,
+                                               channel_max=model.channel_max, num_fp16_res=0,
+                                               conv_clamp=int(model.conv_clamp))).train()
+  d = networks.Discriminator(c_dim=0, img_resolution=size, img_channels=channels,
+                             channel_base=model.channel_base, channel_max=model.channel_max,
+                             num_fp16_res=0, conv_clamp=int(model.conv_clamp),
+                             epilogue_kwargs=dict(mbstd_group_size=model.mbstd_group_size)
+                             ).train()
+  lr = float(config.optimizer.learning_rate)
+  g_opt = torch.optim.Adam(g.parameters(), lr=lr, betas=(0, 0.99), eps=1e-8)
+  d_opt = torch.optim.Adam(d.parameters(), lr=lr, betas=(0, 0.99), eps=1e-8)
+  n = config.batch_size
+  reals = torch.from_numpy(np.random.default_rng(0).uniform(
+      -1, 1, (n, channels, size, size)).astype(np.float32))
+  softplus = torch.nn.functional.softplus
+
+  def step():
+    loss = softplus(-d(g(torch.randn(n, model.z_dim), None), None)).mean()
+    g_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    g_opt.step()
+    with torch.no_grad():
+      fakes = g(torch.randn(n, model.z_dim), None)
+    loss = softplus(d(fakes, None)).mean() + softplus(-d(reals, None)).mean()
+    d_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    d_opt.step()
+
+  return _time_steps(step, 1, steps)
+
+
+def main_stylegan2(args: argparse.Namespace) -> None:
+  config, shape = _stylegan2_config(args)
+  print(f"StyleGAN2 training step ({args.stylegan2_config}), batch {config.batch_size} of "
+        f"{shape[0]}x{shape[1]}x{shape[2]}; channel_base {config.model.channel_base}, "
+        f"channel_max {config.model.channel_max}; {os.cpu_count()} CPUs; {args.steps} timed "
+        "steps per variant after 1")
+  pl, r1 = config.loss.pl_interval, config.loss.r1_interval
+  variants = [("plain", 1), ("path length", pl), ("path length + R1", r1)]
+  seconds = bench_stylegan2_memjax(config, shape, args.steps, variants)
+  for name, value in seconds.items():
+    print(f"memjax {name:17s}: {value:8.3f} s/step  {config.batch_size / value:8.2f} images/s")
+  per_16 = (seconds["plain"] * (16 - 16 // pl) + seconds["path length"] * (16 // pl - 16 // r1)
+            + seconds["path length + R1"] * (16 // r1))
+  rate = 16 / per_16
+  print(f"memjax amortized over 16 steps: {rate:.3f} steps/s (= generator steps/s = "
+        f"discriminator steps/s), {rate * config.batch_size:.2f} images/s")
+  if not args.stylegan2_reference:
+    print("PyTorch: skipped (give --stylegan2_reference=PATH to a stylegan2-ada-pytorch "
+          "checkout, with torch installed)")
+    return
+  plain = config.copy_and_resolve_references()
+  plain.ada.augment = "none"
+  plain.loss.pl_weight = plain.loss.r1_gamma = plain.loss.style_mixing_prob = 0.0
+  memjax_plain = bench_stylegan2_memjax(plain, shape, args.steps, [("plain", 1)])["plain"]
+  torch_plain = bench_stylegan2_pytorch(plain, shape, args.stylegan2_reference, args.steps)
+  print(f"plain step (Gmain + Dmain, no regularizer or augmentation): memjax "
+        f"{1 / memjax_plain:.3f} steps/s")
+  if isinstance(torch_plain, str):
+    print(f"PyTorch: {torch_plain}")
+    return
+  import torch  # pylint: disable=g-import-not-at-top
+  print(f"PyTorch {torch.__version__} (stylegan2-ada-pytorch networks): {1 / torch_plain:.3f} "
+        f"steps/s ({torch.get_num_threads()} threads); memjax speed / PyTorch speed = "
+        f"{torch_plain / memjax_plain:.2f}")
+
+
 def main():
   args = _parse_args()
+  args.batch_size_given = "--batch_size" in " ".join(sys.argv)
+  if args.model == "stylegan2":
+    main_stylegan2(args)
+    return
   print(f"U-Net DDPM training step, batch {args.batch_size} of {args.image_size}x"
         f"{args.image_size}x{args.channels}; model_channels {args.model_channels}, channel_mult "
         f"{args.channel_mult}, num_res_blocks {args.num_res_blocks}, attention at "
