@@ -228,8 +228,8 @@ def bench_stylegan2_pytorch(config, shape, reference: str, steps: int) -> float 
                              epilogue_kwargs=dict(mbstd_group_size=model.mbstd_group_size)
                              ).train()
   lr = float(config.optimizer.learning_rate)
-  g_opt = torch.optim.Adam(g.parameters(), lr=lr, betas=(0, 0.99), eps=1e-8)
-  d_opt = torch.optim.Adam(d.parameters(), lr=lr, betas=(0, 0.99), eps=1e-8)
+  g_opt = torch.optim.Adam(g.parameters(), lr=lr, betas=(0.0, 0.99), eps=1e-8)
+  d_opt = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.0, 0.99), eps=1e-8)
   n = config.batch_size
   reals = torch.from_numpy(np.random.default_rng(0).uniform(
       -1, 1, (n, channels, size, size)).astype(np.float32))
