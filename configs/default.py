@@ -143,3 +143,14 @@ def stylegan2(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.sample.truncation_psi = 1.0
   config.sample.noise_mode = "const"  # as the reference's generate.py: "const", "random", "none"
   return config
+
+
+def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """Sets dotted keys ({"loss.r1_gamma": 1.0}) as --config.loss.r1_gamma=1.0 would."""
+  for key, value in overrides.items():
+    target = config
+    *parents, name = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[name] = value
+  return config

@@ -11,8 +11,8 @@ are averaged to 32x32 as they are read (data.downsample=2); the encoder is a Res
 stages of one basic block (16-128 channels, 0.34 M parameters) with a 128-d embedding as
 theirs, and it blur-pools every stride (model.antialias, Zhang 2019): without it, a copy moved
 by a single pixel embeds noticeably apart from its original, and a third of the shifted copies
-fall under the threshold. Every batch holds all 48 slices, so each embedding has the other 94 of the batch
-as negatives, its neighbours 2 mm away among them. The augmented view covers what the harness
+fall under the threshold. Every batch holds all 48 slices, so each embedding has the other 94 of
+the batch as negatives, its neighbours 2 mm away among them. The augmented view covers what the harness
 plants: rotation up to 12 degrees and translation up to 15% of the side on every view (Dar et
 al.: 5 degrees on half the views, no translation), zoom up to 25% (for cropped copies), flip
 with probability 0.5, contrast +-20%, brightness +-0.1 and noise up to 0.1 (for scaled and noisy

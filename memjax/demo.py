@@ -1,4 +1,4 @@
-"""The main job: train each generator of the demo, sample it, audit it, and compare them on one page.
+"""The main job: train each generator of the demo, sample and audit it, and compare them on a page.
 
   python launch.py --config=configs/demo.py --workdir=runs/demo
 

@@ -148,13 +148,7 @@ def make_config(**overrides):
   config.optimizer.warmup_steps = 5
   config.log_every_steps = 1000
   config.checkpoint_every_steps = 1000
-  for key, value in overrides.items():
-    target = config
-    *parents, name = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[name] = value
-  return config
+  return default.override(config, overrides)
 
 
 def eight_images() -> np.ndarray:

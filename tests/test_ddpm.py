@@ -54,13 +54,7 @@ def make_config(**overrides):
   config.optimizer.warmup_steps = 20
   config.num_samples = 32
   config.sample_batch_size = 32
-  for key, value in overrides.items():
-    target = config
-    *parents, name = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[name] = value
-  return config
+  return default.override(config, overrides)
 
 
 def eight_images() -> np.ndarray:

@@ -309,7 +309,7 @@ def test_scatter_uses_separate_scales_only_when_intensity_ranges_differ(rng):
 def test_histogram_bins_have_edges_at_the_threshold_and_at_one():
   data = np.array([0.02, 0.1, 0.3, 0.951, 0.97, 1.0])
   for threshold in (0.95, 0.4471, 0.8):
-    edges = report._bin_edges(data, -0.01, 1.0, threshold)
+    edges = report.bin_edges(data, -0.01, 1.0, threshold)
     widths = np.diff(edges)
     np.testing.assert_allclose(widths, widths[0])
     assert edges[0] <= -0.01 and edges[-1] >= 1.0 - 1e-12

@@ -1,7 +1,7 @@
-"""StyleGAN2: the layers against float64 numpy, the networks against stylegan2-ada-pytorch, training.
+"""StyleGAN2: layers against float64 numpy, networks against stylegan2-ada-pytorch, training.
 
-`tests/data/stylegan2_reference.npz` holds a small G and D (16x16, 2 channels) drawn at random in NVlabs'
-stylegan2-ada-pytorch, inputs and the reference's outputs (written by
+`tests/data/stylegan2_reference.npz` holds a small G and D (16x16, 2 channels) drawn at random
+in NVlabs' stylegan2-ada-pytorch, inputs and the reference's outputs (written by
 tools/make_stylegan2_reference.py); the parity test runs from that file alone. The training tests
 use 8x8 images and tiny networks so that their steps compile in seconds.
 """
@@ -224,13 +224,7 @@ def make_config(**overrides):
   config.loss.pl_interval = 2
   config.num_samples = 12
   config.sample_batch_size = 8
-  for key, value in overrides.items():
-    target = config
-    *parents, name = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[name] = value
-  return config
+  return default.override(config, overrides)
 
 
 def training_images(count=8, seed=0):

@@ -96,12 +96,13 @@ def comparison_histogram(models: Sequence[ModelAudit], threshold: float,
   data = np.concatenate(values) if values else np.zeros(0)
   low = min(float(data.min()) if data.size else threshold, threshold)
   low -= max(0.03 * (1.0 - low), 0.005)
-  edges = report_lib._bin_edges(data, low, 1.0, threshold) if data.size else np.array([low, 1])  # pylint: disable=protected-access
+  edges = (report_lib.bin_edges(data, low, 1.0, threshold) if data.size
+           else np.array([low, 1.0]))
   handles = []
   for (name, _, color), valid in zip(series, values):
     if valid.size:
       label = name if "held-out" in name else f"{name} samples vs training"
-      handles.append(report_lib._draw_density(  # pylint: disable=protected-access
+      handles.append(report_lib.draw_density(
           ax, valid, edges, color, f"{label} (n = {valid.size})"))
   ax.set_xlim(edges[0], edges[-1] + 0.01 * (edges[-1] - edges[0]))
   ax.axvline(threshold, color=_THRESHOLD_COLOR, linewidth=2.0, zorder=4)
@@ -119,7 +120,7 @@ def comparison_histogram(models: Sequence[ModelAudit], threshold: float,
 def _scatter_png(train_image: np.ndarray, synthetic_image: np.ndarray) -> bytes:
   fig = Figure(figsize=(2.2, 2.2), dpi=report_lib.DPI, layout="constrained")
   ax = fig.add_subplot()
-  report_lib._intensity_scatter(ax, train_image.ravel(), synthetic_image.ravel())  # pylint: disable=protected-access
+  report_lib.intensity_scatter(ax, train_image.ravel(), synthetic_image.ravel())
   ax.tick_params(labelsize=7)
   ax.xaxis.label.set_fontsize(8)
   ax.yaxis.label.set_fontsize(8)
@@ -161,7 +162,7 @@ def _pair_rows(model: ModelAudit, train, threshold: float, num_pairs: int, redac
         image = match if k == j else _read(train, k)
         caption = f"{name} {train.image_id(k)}"
         if k != j:
-          caption += f"; r with match {report_lib._pearson(image.ravel(), match.ravel()):.4f}"  # pylint: disable=protected-access
+          caption += f"; r with match {report_lib.pearson(image.ravel(), match.ravel()):.4f}"
         panels.append(_panel(_img(_png(report_lib.display_plane(image)), name), caption))
     if redact:
       panels.append(_panel(_withheld("hidden: it would reveal training intensities"),
@@ -174,6 +175,11 @@ def _pair_rows(model: ModelAudit, train, threshold: float, num_pairs: int, redac
                 f"training <code>{esc(train_id)}</code>, r = {r:.4f}, {verdict}</p>"
                 f'<div class="panels">{"".join(panels)}</div></div>')
   return rows
+
+
+def _note(shape) -> str:
+  note = report_lib.display_note(shape)
+  return f"; {note}" if note else ""
 
 
 def _grid_png(source, count: int) -> bytes:
@@ -305,7 +311,7 @@ def write_comparison_report(path: str | pathlib.Path, *, models: Sequence[ModelA
                 _img(_grid_png(m.synthetic, GRID_IMAGES), f"{m.name} samples", "grid"),
                 f"<p>The first {min(GRID_IMAGES, len(m.synthetic))} of "
                 f"{len(m.synthetic)} samples, each scaled to its own grey range"
-                f"{esc('; ' + report_lib.display_note(m.synthetic.shape)) if report_lib.display_note(m.synthetic.shape) else ''}.</p>"]
+                f"{esc(_note(m.synthetic.shape))}.</p>"]
   parts += ["<h2>Settings</h2>",
             f"<pre>{esc(json.dumps(settings, indent=2, sort_keys=True, default=str))}</pre>",
             f"<footer>Written by memjax {esc(memjax.__version__)}. Method: Akbar, Wang &amp; "

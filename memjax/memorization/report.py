@@ -187,7 +187,7 @@ def _finite_range(values: np.ndarray) -> tuple[float, float]:
   return low, high
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
   """Pearson correlation of two flattened images in float64; NaN when either has zero variance."""
   x = x.astype(np.float64) - x.mean(dtype=np.float64)
   y = y.astype(np.float64) - y.mean(dtype=np.float64)
@@ -252,7 +252,7 @@ def histogram_figure(max_correlation: np.ndarray, threshold: float,
   low_data = min(float(data.min()), threshold) if data.size else threshold
   low = low_data - max(0.03 * (1.0 - low_data), 0.005)
   high = max(1.0, float(data.max())) if data.size else 1.0
-  edges = _bin_edges(data, low, high, threshold) if data.size else np.array([low, high])
+  edges = bin_edges(data, low, high, threshold) if data.size else np.array([low, high])
   low, high = min(low, edges[0]), max(high, edges[-1])
   pad = 0.01 * (high - low)  # Keeps a bin ending at 1.0 off the axis spine.
   ax.set_xlim(low, high + pad)
@@ -263,10 +263,10 @@ def histogram_figure(max_correlation: np.ndarray, threshold: float,
       label = (f"training vs held-out real images, each training image's max "
                f"(n = {holdout_valid.size}"
                + _excluded_note(holdout.size - holdout_valid.size) + ")")
-      handles.append(_draw_density(ax, holdout_valid, edges, _HOLDOUT_COLOR, label))
+      handles.append(draw_density(ax, holdout_valid, edges, _HOLDOUT_COLOR, label))
     label = (f"synthetic vs training, each synthetic image's max (n = {synthetic_valid.size}"
              + _excluded_note(synthetic.size - synthetic_valid.size) + ")")
-    handles.append(_draw_density(ax, synthetic_valid, edges, _SYNTHETIC_COLOR, label))
+    handles.append(draw_density(ax, synthetic_valid, edges, _SYNTHETIC_COLOR, label))
   else:
     ax.text(0.5, 0.5, "No synthetic image has a defined correlation\n(all have zero variance).",
             transform=ax.transAxes, ha="center", va="center", fontsize=12)
@@ -302,7 +302,7 @@ def _excluded_note(count: int) -> str:
   return f"; {count} with zero variance not shown" if count else ""
 
 
-def _bin_edges(data: np.ndarray, low: float, high: float, threshold: float) -> np.ndarray:
+def bin_edges(data: np.ndarray, low: float, high: float, threshold: float) -> np.ndarray:
   """Equal-width bins covering [low, high] with edges at the threshold and at 1.0.
 
   The width is numpy's 'auto' choice kept between 10 and 100 bins over the range; an edge at the
@@ -317,7 +317,7 @@ def _bin_edges(data: np.ndarray, low: float, high: float, threshold: float) -> n
   return threshold + width * np.arange(-below, above + 1)
 
 
-def _draw_density(ax, values: np.ndarray, edges: np.ndarray, color: str, label: str) -> Patch:
+def draw_density(ax, values: np.ndarray, edges: np.ndarray, color: str, label: str) -> Patch:
   """A semi-transparent filled density histogram with a solid outline; returns its legend handle."""
   ax.hist(values, bins=edges, density=True, histtype="stepfilled", color=color, alpha=0.3,
           linewidth=0)
@@ -416,7 +416,7 @@ def _draw_pair_row(fig: Figure, row_top: float, rank: int, synthetic: ImageSourc
       _show_image(ax, display_plane(image))
       label = _wrap_id(train.image_id(k))
       if k != j:  # How alike neighbouring slices of one patient naturally are.
-        label += f"\nr with match = {_pearson(image.ravel(), match_image.ravel()):.4f}"
+        label += f"\nr with match = {pearson(image.ravel(), match_image.ravel()):.4f}"
       ax.set_xlabel(label, fontsize=9)
 
   scatter_ax = axes[4]
@@ -425,7 +425,7 @@ def _draw_pair_row(fig: Figure, row_top: float, rank: int, synthetic: ImageSourc
     _blank_panel(scatter_ax, "scatter plot hidden:\nit would reveal\ntraining intensities",
                  _EMPTY_FACE, color="0.2")
   else:
-    _intensity_scatter(scatter_ax, match_image.ravel(), synthetic_image.ravel())
+    intensity_scatter(scatter_ax, match_image.ravel(), synthetic_image.ravel())
 
 
 def _show_image(ax, plane: np.ndarray) -> None:
@@ -446,7 +446,7 @@ def _blank_panel(ax, text: str, face: str, color: str) -> None:
           color=color)
 
 
-def _intensity_scatter(ax, train_pixels: np.ndarray, synthetic_pixels: np.ndarray) -> None:
+def intensity_scatter(ax, train_pixels: np.ndarray, synthetic_pixels: np.ndarray) -> None:
   """Synthetic vs training pixel values (at most MAX_SCATTER_POINTS), identity line and r."""
   ax.tick_params(labelsize=9)
   if train_pixels.size != synthetic_pixels.size:
@@ -455,7 +455,7 @@ def _intensity_scatter(ax, train_pixels: np.ndarray, synthetic_pixels: np.ndarra
     ax.set_xticks([])
     ax.set_yticks([])
     return
-  r = _pearson(train_pixels, synthetic_pixels)
+  r = pearson(train_pixels, synthetic_pixels)
   x_range = _padded_range(train_pixels)
   y_range = _padded_range(synthetic_pixels)
   overlap = min(x_range[1], y_range[1]) - max(x_range[0], y_range[0])

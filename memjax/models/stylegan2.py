@@ -342,7 +342,7 @@ class ToRGBLayer(nnx.Module):
 
 
 class SynthesisBlock(nnx.Module):
-  """One resolution: (constant | conv0 up x2), conv1, and the toRGB added to the up-sampled image."""
+  """One resolution: (constant | conv0 up x2), conv1, the toRGB added to the up-sampled image."""
 
   def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
                img_channels: int, *, conv_clamp: float | None = None, rngs: nnx.Rngs):
@@ -450,7 +450,7 @@ class Generator(nnx.Module):
 
 
 class DiscriminatorBlock(nnx.Module):
-  """A residual block: (fromRGB), conv0, conv1 down x2, plus a 1x1 down-sampled skip; gains 1/sqrt2."""
+  """A residual block: (fromRGB), conv0, conv1 down x2, plus a 1x1 down-sampled skip (1/sqrt2)."""
 
   def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, img_channels: int,
                *, conv_clamp: float | None = None, rngs: nnx.Rngs):
