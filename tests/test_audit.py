@@ -49,3 +49,23 @@ def test_memorized_means_at_or_above_and_undefined_is_never_memorized():
                                 [False, True, False, True, True])
   assert detectors.fraction_above(best, 0.95) == pytest.approx(3 / 4)
   assert np.isnan(detectors.fraction_above(np.array([np.nan]), 0.9))
+
+
+def test_a_given_holdout_calibration_spares_the_search_and_decides_alike(tmp_path, rng):
+  train = rng.random((12, 6, 6), dtype=np.float32)
+  holdout = train + 0.3 * rng.random((12, 6, 6), dtype=np.float32)
+  synthetic = np.concatenate([train[:3], rng.random((5, 6, 6), dtype=np.float32)])
+  options = dict(synthetic=synthetic, train=train, holdout=holdout, progress=False,
+                 num_pairs=0)
+  searched = audit.run_audit(tmp_path / "searched", **options)
+  with np.load(tmp_path / "searched" / "correlations.npz") as stored:
+    calibration = stored["holdout_max_correlation"]
+  # A different calibration moves the threshold: the given values are the ones used.
+  given = audit.run_audit(tmp_path / "given", holdout_max_correlation=calibration, **options)
+  assert given["threshold"] == searched["threshold"]
+  assert given["fraction_memorized"] == searched["fraction_memorized"]
+  lowered = audit.run_audit(tmp_path / "lowered", holdout_max_correlation=calibration - 0.5,
+                            **options)
+  assert lowered["threshold"]["value"] == pytest.approx(searched["threshold"]["value"] - 0.5)
+  with pytest.raises(ValueError, match="one value per image"):
+    audit.run_audit(tmp_path / "bad", holdout_max_correlation=calibration[:-1], **options)

@@ -34,11 +34,14 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
               k: int = 1, threshold: float = 0.95, holdout_percentile: float = 95.0,
               block_size: int | None = None, mesh: Mesh | None = None,
               precision: str = "auto", num_pairs: int = 8, redact_training_images: bool = False,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True,
+              holdout_max_correlation: np.ndarray | None = None) -> dict[str, Any]:
   """Audits `synthetic` against `train`; returns the summary that it writes to summary.json.
 
   With `holdout` (real images of other patients, never trained on) the threshold is calibrated
-  by Dar et al.'s rule; without it the fixed `threshold` is used.
+  by Dar et al.'s rule; without it the fixed `threshold` is used. `holdout_max_correlation`,
+  each training image's max correlation with `holdout` from an earlier audit of the same two
+  sets (its correlations.npz), spares that search when several generators are audited.
   """
   # Settings are checked before hours of searching, not after.
   if holdout is None:
@@ -62,7 +65,13 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
   max_correlation = result.values[:, 0]
 
   holdout_max = None
-  if holdout is not None:
+  if holdout is not None and holdout_max_correlation is not None:
+    holdout_max = np.asarray(holdout_max_correlation)
+    if holdout_max.shape != (len(train),):
+      raise ValueError(f"holdout_max_correlation has shape {holdout_max.shape}; expected "
+                       f"({len(train)},), one value per image of {train.description}")
+    chosen = detectors.holdout_threshold(holdout_max, holdout_percentile, len(holdout))
+  elif holdout is not None:
     calibration = correlation.search_correlation(train, holdout, 1, block_size=block_size,
                                                   mesh=mesh, precision=precision,
                                                   progress=progress,
