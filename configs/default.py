@@ -27,6 +27,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.audit.num_pairs = 8  # most correlated pairs shown in pairs.png and the report
   config.audit.redact_training_images = False  # a report with no training pixels
   config.audit.progress = True
+  # "correlation" (pixels, Akbar et al.), "embedding" (a contrastive encoder's embeddings, Dar et
+  # al.) or "both"; the embedding detector needs the work dir of a trained contrastive encoder
+  # (configs/*_contrastive.py), its latest checkpoint unless encoder_step is given.
+  config.audit.detector = "correlation"
+  config.audit.encoder = ""
+  config.audit.encoder_step = config_dict.placeholder(int)
 
   # Training (workflow "train") and sampling ("sample"): see memjax/train/loop.py and the
   # training configs (configs/*_ddpm.py), which set `model`.

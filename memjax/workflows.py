@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Callable
 
@@ -29,13 +28,21 @@ def audit(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
   holdout = (sources.open_source(config.holdout, **open_options)
              if config.get("holdout") else None)
   mesh = parallel.data_mesh(options.num_devices or None)
+  detector = options.get("detector", "correlation")
+  embed_fn = None
+  if detector != "correlation" and options.get("encoder"):
+    from memjax.train import contrastive  # pylint: disable=g-import-not-at-top
+    embed_fn = contrastive.load_embedder(options.encoder, mesh=mesh,
+                                         step=options.get("encoder_step"))
+  audit_lib.check_detector(detector, embed_fn)
   return audit_lib.run_audit(
       workdir,
       synthetic=synthetic, train=train, holdout=holdout, k=options.k,
       threshold=options.threshold, holdout_percentile=options.holdout_percentile,
       block_size=options.block_size or None, mesh=mesh, precision=options.precision,
       num_pairs=options.num_pairs,
-      redact_training_images=options.redact_training_images, progress=options.progress)
+      redact_training_images=options.redact_training_images, progress=options.progress,
+      detector=detector, embed_fn=embed_fn)
 
 
 def train(config: ml_collections.ConfigDict, workdir: pathlib.Path):
@@ -91,6 +98,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
                              "if missing)")
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    (workdir / "config.json").write_text(
-        json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
+    from memjax.train import loop  # pylint: disable=g-import-not-at-top
+    loop.save_config(config, workdir)
   return WORKFLOWS[workflow](config, workdir)

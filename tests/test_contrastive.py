@@ -3,6 +3,7 @@ its ranges, one step on 4 devices equal to 1, a tiny training whose encoder find
 the embedder's batching, and the paper configs."""
 
 import functools
+import json
 
 from flax import nnx
 import jax
@@ -14,6 +15,7 @@ import scipy.ndimage
 
 from configs import default
 from memjax import parallel
+from memjax import workflows
 from memjax.data import pipeline
 from memjax.train import contrastive
 from memjax.train import loop
@@ -198,9 +200,12 @@ def test_trained_encoder_finds_flipped_copies_and_embeds_in_batches(tmp_path):
                       mesh=mesh)
   assert result.metrics["accuracy"] > 0.9
 
+  saved = (tmp_path / "config.json").read_text()  # loop.train leaves the run's config
+  assert json.loads(saved) == json.loads(config.to_json_best_effort())
+  (tmp_path / "config.json").unlink()
   with pytest.raises(FileNotFoundError, match="config.json"):
     contrastive.load_embedder(tmp_path)
-  (tmp_path / "config.json").write_text(config.to_json_best_effort())  # as launch.py does
+  (tmp_path / "config.json").write_text(saved)
   embedder = contrastive.load_embedder(tmp_path, batch_size=3)  # 4 devices: batches of 4
   assert embedder.batch_size == 4 and embedder.embedding_dim == 8 and embedder.step == 100
   flipped = images[:, :, ::-1]
@@ -215,6 +220,23 @@ def test_trained_encoder_finds_flipped_copies_and_embeds_in_batches(tmp_path):
   np.testing.assert_array_equal(np.argmax(similarity, axis=1), np.arange(8))
   with pytest.raises(ValueError, match=r"trained on images of shape \(8, 8, 1\)"):
     embedder(np.zeros((2, 4, 4), np.uint8))
+
+  # The audit workflow with both detectors: the flipped copies are the embedding's finds.
+  np.save(tmp_path / "train.npy", images)
+  np.save(tmp_path / "flipped.npy", flipped)
+  audit_config = default.override(default.get_config(), {
+      "synthetic": str(tmp_path / "flipped.npy"), "train": str(tmp_path / "train.npy"),
+      "audit.detector": "both", "audit.encoder": str(tmp_path), "audit.k": 1,
+      "audit.threshold": 0.9, "audit.num_pairs": 2, "audit.progress": False})
+  summary = workflows.run(audit_config, tmp_path / "audit")
+  assert summary["detectors"]["embedding"]["encoder"] == embedder.description
+  np.testing.assert_array_equal(
+      np.load(tmp_path / "audit" / "correlations.npz")["embedding_indices"][:, 0], np.arange(8))
+  expected = similarity.max(axis=1) >= 0.9
+  assert summary["detectors"]["embedding"]["num_memorized"] == expected.sum() > 0
+  assert summary["agreement"]["memorized_by_embedding_only"] == expected.sum()
+  with pytest.raises(ValueError, match="needs a trained contrastive encoder"):
+    workflows.run(default.override(audit_config, {"audit.encoder": ""}), tmp_path / "audit")
 
 
 def test_trainer_generates_nothing_and_checks_its_settings():

@@ -122,6 +122,24 @@ def test_evaluate_calibrates_and_counts(planted):
   assert distances.operating_threshold == novel.min()
   table = validation.format_table([got, distances])
   assert "exact" in table.splitlines()[0] and len(table.splitlines()) == 3
+  assert got.num_novel == 9
+  low, high = got.false_positive_interval
+  assert f"{100 * low:.0f}-{100 * high:.0f}%" in table.splitlines()[1]
+  assert low <= got.false_positive_rate <= high
+
+
+def test_wilson_interval_matches_its_closed_form_and_known_values():
+  # Wilson (1927): the roots p of (p_hat - p)^2 = z^2 p (1 - p) / n, solved here in float64.
+  z, n = 1.959964, 48
+  for k in (0, 4, 24, 48):
+    p_hat = k / n
+    a, b, c = 1 + z * z / n, -(2 * p_hat + z * z / n), p_hat * p_hat
+    roots = np.sort(np.roots([a, b, c]).real)
+    low, high = validation.wilson_interval(k, n)
+    np.testing.assert_allclose([low, high], np.clip(roots, 0, 1), atol=1e-9)
+  low, high = validation.wilson_interval(4, 48)  # 8.3%: 3.3% to 19.6%
+  assert (round(100 * low, 1), round(100 * high, 1)) == (3.3, 19.6)
+  assert all(np.isnan(validation.wilson_interval(0, 0)))
 
 
 def test_tool_prints_and_saves_the_table(tmp_path):

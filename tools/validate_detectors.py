@@ -106,7 +106,6 @@ def run(config, workdir: pathlib.Path) -> str:
     encoder_dir = workdir / "encoder"
     trained = time.perf_counter()
     loop.train(config, encoder_dir, contrastive.make_trainer(config))
-    (encoder_dir / contrastive.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
     embed_fn = contrastive.load_embedder(encoder_dir)
     lines.append(f"encoder: {embed_fn.description}, {embed_fn.embedding_dim}-d, in "
                  f"{encoder_dir} ({time.perf_counter() - trained:.0f} s to train or load)")

@@ -31,11 +31,13 @@ class Threshold:
 
 
 def holdout_threshold(holdout_max: np.ndarray, percentile: float = 95.0,
-                      num_holdout: int | None = None) -> Threshold:
+                      num_holdout: int | None = None, *,
+                      similarity: str = "correlation") -> Threshold:
   """Dar et al.'s rule from each training image's best similarity with the held-out set.
 
   A best match over fewer images is lower, so a holdout set much smaller than the training set
   gives a threshold that is biased low; the description says so when `num_holdout` shows it.
+  `similarity` names what was compared, for the description ("correlation of embeddings").
   """
   defined = holdout_max[np.isfinite(holdout_max)]
   if defined.size == 0:
@@ -43,8 +45,8 @@ def holdout_threshold(holdout_max: np.ndarray, percentile: float = 95.0,
                      "(all have zero variance?); give --config.audit.threshold instead")
   check_percentile(percentile)
   value = float(np.percentile(defined.astype(np.float64), percentile))
-  description = (f"{percentile:g}th percentile of each training image's best correlation with "
-                 f"the held-out real images, over {defined.size} training images (Dar et al. "
+  description = (f"{percentile:g}th percentile of each training image's best {similarity} "
+                 f"with the held-out real images, over {defined.size} training images (Dar et al. "
                  "2023): a synthetic image at least as similar to a training image is called "
                  "memorized")
   if num_holdout is not None and num_holdout < holdout_max.size / 2:
@@ -65,12 +67,13 @@ def check_percentile(percentile: float) -> None:
     raise ValueError(f"the holdout percentile must be in (0, 100), got {percentile}")
 
 
-def fixed_threshold(value: float) -> Threshold:
+def fixed_threshold(value: float, *, similarity: str = "correlation") -> Threshold:
   if not -1.0 <= value <= MAX_THRESHOLD:
     raise ValueError(f"a correlation threshold must lie in [-1, {MAX_THRESHOLD}], got {value}: "
                      "correlations are exact to 1e-5, so exact copies may score a hair below 1")
   return Threshold(value=float(value), rule="fixed",
-                   description=f"fixed threshold {value:g} (config.audit.threshold); give "
+                   description=f"fixed threshold {value:g} on the {similarity} "
+                               "(config.audit.threshold); give "
                                "--config.holdout to calibrate one on held-out real images")
 
 

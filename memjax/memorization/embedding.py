@@ -33,6 +33,10 @@ EmbedFunction = Callable[[np.ndarray], np.ndarray]
 
 DEFAULT_BATCH_SIZE = 256
 
+# What the threshold descriptions say was compared.
+SIMILARITY = ("correlation of embeddings (1 minus Dar et al.'s 'correlation' distance between "
+              "embeddings)")
+
 
 def embed(images: Any, embed_fn: EmbedFunction, *, batch_size: int = DEFAULT_BATCH_SIZE,
           progress: bool = False, description: str = "embedding") -> np.ndarray:
@@ -131,12 +135,8 @@ def _as_rows(embeddings: np.ndarray, role: str) -> sources_lib.ArraySource:
 def embedding_threshold(holdout_max: np.ndarray, percentile: float = 95.0,
                         num_holdout: int | None = None) -> detectors.Threshold:
   """Dar et al.'s rule on embeddings: `detectors.holdout_threshold`, described as embeddings."""
-  chosen = detectors.holdout_threshold(holdout_max, percentile, num_holdout)
-  description = chosen.description.replace(
-      "best correlation with the held-out real images",
-      "best correlation of embeddings with the held-out real images' embeddings (Dar et al.'s "
-      "5th percentile of the 'correlation' distance)")
-  return dataclasses.replace(chosen, description=description)
+  return detectors.holdout_threshold(holdout_max, percentile, num_holdout,
+                                     similarity=SIMILARITY)
 
 
 def search_embeddings(synthetic: Any, train: Any, holdout: Any = None, *,
@@ -182,9 +182,7 @@ def search_embeddings(synthetic: Any, train: Any, holdout: Any = None, *,
     holdout_max = calibration.values[:, 0]
     chosen = embedding_threshold(holdout_max, holdout_percentile, len(holdout_embeddings))
   else:
-    chosen = detectors.fixed_threshold(threshold)
-    chosen = dataclasses.replace(chosen, description=chosen.description.replace(
-        "fixed threshold", "fixed threshold on the correlation of embeddings"))
+    chosen = detectors.fixed_threshold(threshold, similarity=SIMILARITY)
   return EmbeddingSearchResult(
       values=result.values, indices=result.indices, threshold=chosen,
       memorized=detectors.is_memorized(result.values[:, 0], chosen.value),

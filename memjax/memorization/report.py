@@ -12,6 +12,7 @@ global backend state is touched.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import pathlib
@@ -52,6 +53,77 @@ _HOLDOUT_COLOR = "#E69F00"
 _THRESHOLD_COLOR = "#D55E00"
 _REDACTED_FACE = "#9a9a9a"
 _EMPTY_FACE = "#f2f2f2"
+_EMBEDDING_COLOR = "#009E73"
+
+# What each detector measures, in the words of the figures and the page.
+MEASURES = ("correlation", "embedding")
+_WORDS = {
+    "correlation": dict(
+        name="pixel correlation",
+        histogram_title="The highest correlation coefficient",
+        axis="maximum Pearson correlation with the training set",
+        header="most correlated with a training image",
+        symbol="r",
+        file_suffix="",
+        explanation=(
+            "For every synthetic image, its Pearson correlation with every training image was "
+            "computed over all pixels (background included), and the highest value and the "
+            "training image that gave it were kept. A correlation of 1.0 means the synthetic "
+            "image is a pixel-exact copy of a training image up to a change of brightness and "
+            "contrast; values close to 1.0 mean a near copy. Different patients' images of the "
+            "same anatomy also correlate well, so the value is read against a threshold."),
+        limits=(
+            "Limits: the correlation compares images pixel by pixel with no shift, flip or "
+            "rotation search, so a low value does not by itself prove that no patient was "
+            "copied.")),
+    "embedding": dict(
+        name="embedding correlation",
+        histogram_title="The highest correlation of embeddings",
+        axis="maximum Pearson correlation of embeddings with the training set",
+        header="whose embeddings are most correlated with a training image's",
+        symbol="embedding r",
+        file_suffix="_embedding",
+        explanation=(
+            "Every synthetic, training and held-out image was embedded by a self-supervised "
+            "contrastive encoder trained on the training images (Dar et al. 2023), which maps an "
+            "image and its shifted, flipped, slightly rotated or re-scaled versions to nearby "
+            "embeddings and other images apart. For every synthetic image, the Pearson "
+            "correlation of its embedding with every training image's embedding was computed "
+            "(1 minus Dar et al.'s 'correlation' distance), and the highest value and the "
+            "training image that gave it were kept. The value is read against a threshold "
+            "calibrated in the same way as the pixel one."),
+        limits=(
+            "Limits: the encoder sees what its augmentations taught it to ignore; a copy "
+            "changed in another way (a strong deformation, a different contrast) may embed "
+            "apart, and neighbouring slices of one patient embed close together by design. The "
+            "encoder is only as good as its training: check it with tools/validate_detectors.py "
+            "on planted copies.")),
+}
+
+
+def _words(measure: str) -> dict[str, str]:
+  if measure not in _WORDS:
+    raise ValueError(f"unknown measure {measure!r}; expected one of {', '.join(MEASURES)}")
+  return _WORDS[measure]
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+  """One detector's findings: each synthetic image's best training match and the rule.
+
+  measure: "correlation" (pixels) or "embedding" (a contrastive encoder's embeddings).
+  max_correlation: (N_synthetic,) the best correlation; NaN where undefined.
+  best_index: (N_synthetic,) the training image that gave it; -1 where undefined.
+  threshold, threshold_rule: images at or above the threshold are counted; how it was chosen.
+  holdout_max_correlation: (N_train,) each training image's best correlation with held-out real
+    images (what a calibrated threshold is the percentile of), or None.
+  """
+  measure: str
+  max_correlation: np.ndarray
+  best_index: np.ndarray
+  threshold: float
+  threshold_rule: str
+  holdout_max_correlation: np.ndarray | None = None
 
 
 class ImageSource(Protocol):
@@ -231,8 +303,13 @@ def _read_one(source: ImageSource, i: int) -> np.ndarray:
 
 
 def histogram_figure(max_correlation: np.ndarray, threshold: float,
-                     holdout_max_correlation: np.ndarray | None = None) -> Figure:
-  """Density histograms of the synthetic (and train-vs-holdout) maxima, with the thresholds."""
+                     holdout_max_correlation: np.ndarray | None = None, *,
+                     measure: str = "correlation") -> Figure:
+  """Density histograms of the synthetic (and train-vs-holdout) maxima, with the thresholds.
+
+  `measure` says what was correlated: "correlation" (pixels) or "embedding".
+  """
+  words = _words(measure)
   synthetic = np.asarray(max_correlation, dtype=np.float64).reshape(-1)
   synthetic_valid = synthetic[np.isfinite(synthetic)]
   holdout_valid = None
@@ -242,8 +319,8 @@ def histogram_figure(max_correlation: np.ndarray, threshold: float,
 
   fig = Figure(figsize=HISTOGRAM_SIZE_IN, dpi=DPI, layout="constrained")
   ax = fig.add_subplot()
-  ax.set_title("The highest correlation coefficient", fontsize=13)
-  ax.set_xlabel("maximum Pearson correlation with the training set", fontsize=11)
+  ax.set_title(words["histogram_title"], fontsize=13)
+  ax.set_xlabel(words["axis"], fontsize=11)
   ax.set_ylabel("density", fontsize=11)
   ax.tick_params(labelsize=10)
 
@@ -327,11 +404,14 @@ def draw_density(ax, values: np.ndarray, edges: np.ndarray, color: str, label: s
 
 def pairs_figure(synthetic: ImageSource, train: ImageSource, max_correlation: np.ndarray,
                  best_index: np.ndarray, threshold: float, *, num_pairs: int = 8,
-                 redact_training_images: bool = False) -> Figure:
+                 redact_training_images: bool = False, measure: str = "correlation") -> Figure:
   """One row per closest pair: [previous slice, match, synthetic, next slice, intensity scatter].
 
   With `redact_training_images` no training image is read at all, so none can be drawn.
+  `measure` says what `max_correlation` correlates: "correlation" (pixels) or "embedding"; the
+  intensity scatter and its r are always over pixels.
   """
+  words = _words(measure)
   correlation = np.asarray(max_correlation, dtype=np.float64).reshape(-1)
   chosen = top_pairs(correlation, num_pairs)
   if chosen.size == 0:
@@ -347,8 +427,8 @@ def pairs_figure(synthetic: ImageSource, train: ImageSource, max_correlation: np
   # An explicit layout in inches: layout engines misplace fixed-aspect image axes in row grids.
   height = PAIRS_HEADER_HEIGHT_IN + PAIRS_ROW_HEIGHT_IN * len(chosen)
   fig = Figure(figsize=(PAIRS_WIDTH_IN, height), dpi=DPI)
-  header = (f"The {_plural(len(chosen), 'synthetic image', 'synthetic images')} most correlated "
-            "with a training image, highest first")
+  header = (f"The {_plural(len(chosen), 'synthetic image', 'synthetic images')} "
+            f"{words['header']}, highest first")
   notes = ["per-image min-max grey scale"]
   synthetic_note, train_note = display_note(synthetic.shape), display_note(train.shape)
   if synthetic_note == train_note:
@@ -363,7 +443,7 @@ def pairs_figure(synthetic: ImageSource, train: ImageSource, max_correlation: np
   for rank, i in enumerate(chosen, start=1):
     row_top = height - PAIRS_HEADER_HEIGHT_IN - (rank - 1) * PAIRS_ROW_HEIGHT_IN
     _draw_pair_row(fig, row_top, rank, synthetic, train, int(i), int(best_index[i]),
-                   float(correlation[i]), threshold, redact_training_images)
+                   float(correlation[i]), threshold, redact_training_images, words["symbol"])
   return fig
 
 
@@ -379,7 +459,7 @@ def _pair_axes(fig: Figure, row_top: float) -> list[Any]:
 
 def _draw_pair_row(fig: Figure, row_top: float, rank: int, synthetic: ImageSource,
                    train: ImageSource, i: int, j: int, correlation: float, threshold: float,
-                   redact: bool) -> None:
+                   redact: bool, symbol: str = "r") -> None:
   """Draws the pair (synthetic i, training j) as one row whose top is `row_top` inches high."""
   width, height = fig.get_size_inches()
   synthetic_id, train_id = synthetic.image_id(i), train.image_id(j)
@@ -387,7 +467,7 @@ def _draw_pair_row(fig: Figure, row_top: float, rank: int, synthetic: ImageSourc
   verdict = "MEMORIZED" if memorized else "below threshold"
   fig.text(_LEFT_IN / width, (row_top - 0.08) / height,
            f"#{rank}   synthetic {_shorten(synthetic_id, 44)}   ↔   training "
-           f"{_shorten(train_id, 44)}   r = {correlation:.4f}   {verdict}", fontsize=11,
+           f"{_shorten(train_id, 44)}   {symbol} = {correlation:.4f}   {verdict}", fontsize=11,
            ha="left", va="top", color=_THRESHOLD_COLOR if memorized else "0.15",
            fontweight="bold" if memorized else "normal")
   axes = _pair_axes(fig, row_top)
@@ -492,6 +572,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neu
        color: #1a1a1a; background: #ffffff; }
 h1 { font-size: 1.7rem; margin-bottom: 0.5rem; }
 h2 { font-size: 1.25rem; margin-top: 2.2rem; border-bottom: 1px solid #dddddd; }
+h3 { font-size: 1.08rem; margin-top: 1.6rem; }
 p, li { max-width: 70em; }
 table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.95rem; }
 th, td { padding: 0.3rem 0.8rem; text-align: left; border-bottom: 1px solid #e3e3e3; }
@@ -510,12 +591,69 @@ footer { margin-top: 3rem; font-size: 0.85rem; color: #666666; }
 """
 
 
+def agreement_figure(pixels: Detection, embeddings: Detection) -> Figure:
+  """Each synthetic image's best pixel correlation against its best embedding correlation.
+
+  The two thresholds split the plane into four quadrants, each labelled with its count: images
+  flagged by both detectors, by one only (the embedding finds shifted or flipped copies that
+  pixels miss; pixels find copies the encoder was not taught), or by neither.
+  """
+  x = np.asarray(pixels.max_correlation, dtype=np.float64)
+  y = np.asarray(embeddings.max_correlation, dtype=np.float64)
+  if x.shape != y.shape:
+    raise ValueError(f"the two detections cover {x.size} and {y.size} synthetic images; "
+                     "expected the same images")
+  defined = np.isfinite(x) & np.isfinite(y)
+  fig = Figure(figsize=(7.0, 6.2), dpi=DPI, layout="constrained")
+  ax = fig.add_subplot()
+  ax.set_title("The two detectors, image by image", fontsize=13)
+  ax.set_xlabel(_words("correlation")["axis"], fontsize=10)
+  ax.set_ylabel(_words("embedding")["axis"], fontsize=10)
+  ax.tick_params(labelsize=9)
+  if not defined.any():
+    ax.text(0.5, 0.5, "No synthetic image has both correlations defined.",
+            transform=ax.transAxes, ha="center", va="center", fontsize=11)
+    return fig
+  flagged_x = x[defined] >= pixels.threshold
+  flagged_y = y[defined] >= embeddings.threshold
+  colors = np.where(flagged_x | flagged_y, _THRESHOLD_COLOR, _SYNTHETIC_COLOR)
+  ax.scatter(x[defined], y[defined], s=14, alpha=0.6, linewidths=0, c=colors, zorder=2,
+             rasterized=True)
+  ax.axvline(pixels.threshold, color=_THRESHOLD_COLOR, linewidth=1.5, zorder=1)
+  ax.axhline(embeddings.threshold, color=_EMBEDDING_COLOR, linewidth=1.5, zorder=1)
+  x_low = min(float(x[defined].min()), pixels.threshold)
+  y_low = min(float(y[defined].min()), embeddings.threshold)
+  ax.set_xlim(x_low - 0.04 * (1.0 - x_low) - 0.005, 1.0 + 0.02 * (1.0 - x_low) + 0.005)
+  ax.set_ylim(y_low - 0.04 * (1.0 - y_low) - 0.005, 1.0 + 0.02 * (1.0 - y_low) + 0.005)
+  quadrants = [
+      (flagged_x & flagged_y, 0.98, 0.98, "right", "top", "both"),
+      (~flagged_x & flagged_y, 0.02, 0.98, "left", "top", "embedding only"),
+      (flagged_x & ~flagged_y, 0.98, 0.02, "right", "bottom", "pixels only"),
+      (~flagged_x & ~flagged_y, 0.02, 0.02, "left", "bottom", "neither"),
+  ]
+  for mask, tx, ty, ha, va, name in quadrants:
+    ax.text(tx, ty, f"{name}: {int(mask.sum())}", transform=ax.transAxes, ha=ha, va=va,
+            fontsize=10, zorder=3,
+            bbox=dict(facecolor="white", edgecolor="0.7", alpha=0.9, boxstyle="round,pad=0.25"))
+  handles = [
+      Line2D([], [], color=_THRESHOLD_COLOR, linewidth=1.5,
+             label=f"pixel threshold {pixels.threshold:.4f}"),
+      Line2D([], [], color=_EMBEDDING_COLOR, linewidth=1.5,
+             label=f"embedding threshold {embeddings.threshold:.4f}")]
+  excluded = int((~defined).sum())
+  note = f"; {excluded} without both correlations not shown" if excluded else ""
+  fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9, frameon=False,
+             title=f"{int(defined.sum())} synthetic images{note}", title_fontsize=9)
+  return fig
+
+
 def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: ImageSource, train: ImageSource,
                        max_correlation: np.ndarray, best_index: np.ndarray, threshold: float,
                        threshold_rule: str, summary: Mapping[str, Any],
                        holdout_max_correlation: np.ndarray | None = None, num_pairs: int = 8,
                        redact_training_images: bool = False,
-                       title: str = "memjax memorization audit") -> dict[str, pathlib.Path]:
+                       title: str = "memjax memorization audit", measure: str = "correlation",
+                       embedding: Detection | None = None) -> dict[str, pathlib.Path]:
   """Writes histogram.png, pairs.png and a self-contained report.html into `out_dir`.
 
   Args:
@@ -533,31 +671,51 @@ def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: ImageSource, t
     num_pairs: how many of the closest pairs to draw.
     redact_training_images: never read or show training pixels (ids only).
     title: page title.
+    measure: what `max_correlation` correlates: "correlation" (pixels) or "embedding".
+    embedding: the embedding detector's findings beside pixel correlation (measure
+      "correlation"); adds histogram_embedding.png, pairs_embedding.png and agreement.png.
 
   Returns:
-    {"histogram": ..., "pairs": ..., "report": ...}: the written paths.
+    The written paths: "histogram", "pairs", "report", and with `embedding` also
+    "histogram_embedding", "pairs_embedding" and "agreement".
   """
-  correlation, best = _checked_inputs(synthetic, train, max_correlation, best_index, threshold,
-                                      num_pairs, holdout_max_correlation)
-  threshold = float(threshold)
+  _words(measure)
+  detections = [Detection(measure, *_checked_inputs(
+      synthetic, train, max_correlation, best_index, threshold, num_pairs,
+      holdout_max_correlation), float(threshold), threshold_rule, holdout_max_correlation)]
+  if embedding is not None:
+    if measure != "correlation" or embedding.measure != "embedding":
+      raise ValueError("a second detection is the embedding detector beside pixel correlation; "
+                       f"got {embedding.measure!r} beside {measure!r}")
+    detections.append(dataclasses.replace(embedding, **dict(zip(
+        ("max_correlation", "best_index"),
+        _checked_inputs(synthetic, train, embedding.max_correlation, embedding.best_index,
+                        embedding.threshold, num_pairs, embedding.holdout_max_correlation))),
+        threshold=float(embedding.threshold)))
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
 
-  histogram_png = figure_to_png_bytes(
-      histogram_figure(correlation, threshold, holdout_max_correlation))
-  pairs_png = figure_to_png_bytes(
-      pairs_figure(synthetic, train, correlation, best, threshold, num_pairs=num_pairs,
-                   redact_training_images=redact_training_images))
-  page = _render_page(
-      title=title, synthetic=synthetic, train=train, correlation=correlation, best=best,
-      threshold=threshold, threshold_rule=threshold_rule, summary=summary,
-      holdout_max_correlation=holdout_max_correlation, num_pairs=num_pairs,
-      redact=redact_training_images, histogram_png=histogram_png, pairs_png=pairs_png)
+  pngs: dict[str, bytes] = {}
+  for detection in detections:
+    suffix = "" if detection is detections[0] else _words(detection.measure)["file_suffix"]
+    pngs["histogram" + suffix] = figure_to_png_bytes(histogram_figure(
+        detection.max_correlation, detection.threshold, detection.holdout_max_correlation,
+        measure=detection.measure))
+    pngs["pairs" + suffix] = figure_to_png_bytes(pairs_figure(
+        synthetic, train, detection.max_correlation, detection.best_index, detection.threshold,
+        num_pairs=num_pairs, redact_training_images=redact_training_images,
+        measure=detection.measure))
+  if len(detections) == 2:
+    pngs["agreement"] = figure_to_png_bytes(agreement_figure(*detections))
+  page = _render_page(title=title, synthetic=synthetic, train=train, detections=detections,
+                      summary=summary, num_pairs=num_pairs, redact=redact_training_images,
+                      pngs=pngs)
 
-  paths = {"histogram": out / "histogram.png", "pairs": out / "pairs.png",
-           "report": out / "report.html"}
-  paths["histogram"].write_bytes(histogram_png)
-  paths["pairs"].write_bytes(pairs_png)
+  paths = {}
+  for name, png in pngs.items():
+    paths[name] = out / f"{name}.png"
+    paths[name].write_bytes(png)
+  paths["report"] = out / "report.html"
   paths["report"].write_text(page, encoding="utf-8")
   return paths
 
@@ -590,62 +748,142 @@ def _checked_inputs(synthetic: ImageSource, train: ImageSource, max_correlation,
   return correlation, best
 
 
-def _render_page(*, title, synthetic, train, correlation, best, threshold, threshold_rule,
-                 summary, holdout_max_correlation, num_pairs, redact, histogram_png,
-                 pairs_png) -> str:
-  esc = html.escape
+def _verdict(detection: Detection, with_name: bool) -> str:
+  correlation, threshold = detection.max_correlation, detection.threshold
   defined = np.isfinite(correlation)
   num_defined = int(defined.sum())
-  undefined = np.flatnonzero(~defined)
   num_memorized = int(np.sum(correlation[defined] >= threshold))
-  rule = threshold_rule.strip()
+  share = f" ({100.0 * num_memorized / num_defined:.1f}%)" if num_defined else ""
+  prefix = f"{_words(detection.measure)['name'].capitalize()}: " if with_name else ""
+  value = "correlation" if detection.measure == "correlation" else "embedding correlation"
+  return (f"{prefix}{num_memorized} of "
+          f"{_plural(num_defined, 'synthetic image', 'synthetic images')}{share} with a defined "
+          f"{value} reach the threshold {threshold:.4f} and are counted as memorized.")
+
+
+def _detector_section(detection: Detection, *, synthetic, train, num_pairs, redact, pngs,
+                      suffix: str, heading: str) -> list[str]:
+  """The page's part for one detector: what was measured, its histogram, pairs and table."""
+  esc = html.escape
+  words = _words(detection.measure)
+  correlation, best, threshold = (detection.max_correlation, detection.best_index,
+                                  detection.threshold)
+  rule = detection.threshold_rule.strip()
   if rule and rule[-1] not in ".!?":
     rule += "."
+  parts = []
+  level = "h3" if heading else "h2"  # under the detector's own heading when there are two
+  if heading:
+    parts.append(f"<h2>{esc(heading)}</h2>")
+  parts += [f"<{level}>What was measured and how to read it{esc(suffix)}</{level}>",
+            "<p>" + esc(words["explanation"] + " ") + f"Threshold {threshold:.4f}: " + esc(rule)
+            + esc(" A synthetic image whose highest value is at or above the threshold is "
+                  "counted as memorized; the dashed lines at 0.90, 0.95 and 0.99 are common "
+                  "fixed alternatives.") + "</p>"]
+  if detection.holdout_max_correlation is not None:
+    parts.append("<p>" + esc(
+        "The orange histogram shows, for each training image, its highest value with held-out "
+        "real images of other patients: how alike real, different patients are. Synthetic "
+        "images to the right of that distribution are closer to a training image than real "
+        "images of other patients typically are.") + "</p>")
+  parts.append("<p>" + esc(
+      "Neighbouring slices of one patient's scan are naturally near copies of each other. Each "
+      "pair is therefore shown beside the matched training slice's previous and next slices, with "
+      "their pixel correlation with the match, as a yardstick of how alike images of the same "
+      "patient are. The scatter plot shows each pixel of the synthetic image against the same "
+      "pixel of its match (a fixed random sample of 20,000 pixels for larger images; r uses all "
+      "pixels); points on the dashed identity line have identical values.") + "</p>")
+  parts.append("<p>" + esc(words["limits"]) + "</p>")
 
-  share = f" ({100.0 * num_memorized / num_defined:.1f}%)" if num_defined else ""
-  verdict = (f"{num_memorized} of {_plural(num_defined, 'synthetic image', 'synthetic images')}"
-             f"{share} with a defined correlation reach the threshold {threshold:.4f} and are "
-             "counted as memorized.")
+  name = "histogram" + ("" if not suffix else words["file_suffix"])
+  parts += [
+      f"<{level}>Distribution of the highest values{esc(suffix)}</{level}>", "<figure>",
+      f'<img src="{embed_png(pngs[name])}" alt="Histogram of the synthetic images’ maximum '
+      f'{esc(words["name"])} with the training set">',
+      "<figcaption>" + esc(
+          "Density histograms on shared bins; the solid line is the threshold, the dashed lines "
+          "the fixed thresholds 0.90, 0.95 and 0.99. Zero-variance images are not shown.")
+      + "</figcaption>", "</figure>"]
+
+  chosen = top_pairs(correlation, num_pairs)
+  notes = {display_note(synthetic.shape), display_note(train.shape)} - {""}
+  caption = (f"Rows: the synthetic images with the highest maximum {words['name']}, highest "
+             "first; ties by synthetic index. Panels: previous training slice, best training "
+             "match, synthetic image, next training slice, pixel intensity scatter. Images use "
+             "per-image min-max grey scaling.")
+  if notes:
+    caption += " Shown: " + "; ".join(sorted(notes)) + "."
+  if redact:
+    caption += " Training panels are replaced by their ids and the scatter plot is hidden."
+  name = "pairs" + ("" if not suffix else words["file_suffix"])
+  table_id = "pairs-table" + words["file_suffix"].replace("_", "-") if suffix else "pairs-table"
+  parts += [
+      f"<{level}>Closest pairs{esc(suffix)}</{level}>", "<figure>",
+      f'<img src="{embed_png(pngs[name])}" alt="Closest synthetic-training pairs by '
+      f'{esc(words["name"])}">',
+      f"<figcaption>{esc(caption)}</figcaption>", "</figure>"]
+  if chosen.size:
+    parts.append(f'<table id="{table_id}"><thead><tr><th>rank</th><th>synthetic image</th>'
+                 f"<th>training match</th><th>max {esc(words['name'])}</th><th>verdict</th></tr>"
+                 "</thead><tbody>")
+    for rank, i in enumerate(chosen, start=1):
+      memorized = correlation[i] >= threshold
+      verdict_cell = ('<span class="memorized">MEMORIZED</span>' if memorized
+                      else "below threshold")
+      parts.append(
+          f'<tr><td class="num">{rank}</td><td><code>{esc(synthetic.image_id(int(i)))}</code></td>'
+          f"<td><code>{esc(train.image_id(int(best[i])))}</code></td>"
+          f'<td class="num">{correlation[i]:.4f}</td><td>{verdict_cell}</td></tr>')
+    parts.append("</tbody></table>")
+  return parts
+
+
+def _render_page(*, title, synthetic, train, detections, summary, num_pairs, redact,
+                 pngs) -> str:
+  esc = html.escape
+  primary = detections[0]
+  undefined = np.flatnonzero(~np.isfinite(primary.max_correlation))
   zero_variance = ""
   if undefined.size:
-    zero_variance = " " + _zero_variance_sentence(undefined.size)
+    zero_variance = " " + _zero_variance_sentence(undefined.size, primary.measure)
 
   parts = [
       "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
       '<meta name="viewport" content="width=device-width, initial-scale=1">',
       f"<title>{esc(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
       f"<h1>{esc(title)}</h1>",
-      f'<p class="verdict">{esc(verdict + zero_variance)}</p>',
   ]
+  both = len(detections) == 2
+  for detection in detections:
+    text = _verdict(detection, with_name=both)
+    if detection is primary:
+      text += zero_variance
+    parts.append(f'<p class="verdict">{esc(text)}</p>')
   if redact:
     parts.append('<p class="note">Training images are redacted: no training pixels appear in this '
                  "report, only training image ids.</p>")
 
-  parts += ["<h2>What was measured and how to read it</h2>", "<p>" + esc(
-      "For every synthetic image, its Pearson correlation with every training image was computed "
-      "over all pixels (background included), and the highest value and the training image that "
-      "gave it were kept. A correlation of 1.0 means the synthetic image is a pixel-exact copy of "
-      "a training image up to a change of brightness and contrast; values close to 1.0 mean a near "
-      "copy. Different patients' images of the same anatomy also correlate well, so the value is "
-      "read against a threshold. ") + f"Threshold {threshold:.4f}: " + esc(rule) + esc(
-      " A synthetic image whose highest correlation is at or above the threshold is counted as "
-      "memorized; the dashed lines at 0.90, 0.95 and 0.99 are common fixed alternatives.") + "</p>"]
-  if holdout_max_correlation is not None:
-    parts.append("<p>" + esc(
-        "The orange histogram shows, for each training image, its highest correlation with "
-        "held-out real images of other patients: how alike real, different patients are. "
-        "Synthetic images to the right of that distribution are closer to a training image than "
-        "real images of other patients typically are.") + "</p>")
-  parts.append("<p>" + esc(
-      "Neighbouring slices of one patient's scan are naturally near copies of each other. Each "
-      "pair is therefore shown beside the matched training slice's previous and next slices, with "
-      "their correlation with the match, as a yardstick of how alike images of the same patient "
-      "are. The scatter plot shows each pixel of the synthetic image against the same pixel of "
-      "its match (a fixed random sample of 20,000 pixels for larger images; r uses all pixels); "
-      "points on the dashed identity line have identical values.") + "</p>")
-  parts.append("<p>" + esc(
-      "Limits: the correlation compares images pixel by pixel with no shift, flip or rotation "
-      "search, so a low value does not by itself prove that no patient was copied.") + "</p>")
+  if both:
+    pixels, embeddings = detections
+    parts += [
+        "<h2>The two detectors together</h2>", "<p>" + esc(
+            "Pixel correlation finds copies that are aligned with their training image; the "
+            "embedding detector also finds copies that are shifted, flipped, slightly rotated or "
+            "re-scaled. Each point is one synthetic image: its best pixel correlation against "
+            "its best embedding correlation, with both thresholds. Images above either line "
+            "deserve a look; the pairs of each detector follow below.") + "</p>",
+        "<figure>", f'<img src="{embed_png(pngs["agreement"])}" alt="Pixel against embedding '
+        'correlation per synthetic image">', "</figure>"]
+  for detection in detections:
+    if both:
+      heading = ("Detector 1: pixel correlation" if detection is primary
+                 else "Detector 2: contrastive embeddings")
+      suffix = " (pixels)" if detection is primary else " (embeddings)"
+    else:
+      heading, suffix = "", ""
+    parts += _detector_section(detection, synthetic=synthetic, train=train,
+                               num_pairs=num_pairs, redact=redact, pngs=pngs, suffix=suffix,
+                               heading=heading)
 
   parts.append("<h2>Summary</h2>")
   rows = flatten_summary(summary)
@@ -658,50 +896,13 @@ def _render_page(*, title, synthetic, train, correlation, best, threshold, thres
   else:
     parts.append("<p>No summary was given.</p>")
 
-  parts += [
-      "<h2>Distribution of the highest correlations</h2>", "<figure>",
-      f'<img src="{embed_png(histogram_png)}" alt="Histogram of the synthetic images’ maximum '
-      'correlation with the training set">',
-      "<figcaption>" + esc(
-          "Density histograms on shared bins; the solid line is the threshold, the dashed lines "
-          "the fixed thresholds 0.90, 0.95 and 0.99. Zero-variance images are not shown.")
-      + "</figcaption>", "</figure>"]
-
-  chosen = top_pairs(correlation, num_pairs)
-  notes = {display_note(synthetic.shape), display_note(train.shape)} - {""}
-  caption = ("Rows: the synthetic images with the highest maximum correlation, highest first; "
-             "ties by synthetic index. Panels: previous training slice, best training match, "
-             "synthetic image, next training slice, pixel intensity scatter. Images use "
-             "per-image min-max grey scaling.")
-  if notes:
-    caption += " Shown: " + "; ".join(sorted(notes)) + "."
-  if redact:
-    caption += " Training panels are replaced by their ids and the scatter plot is hidden."
-  parts += [
-      "<h2>Closest pairs</h2>", "<figure>",
-      f'<img src="{embed_png(pairs_png)}" alt="Closest synthetic-training pairs">',
-      f"<figcaption>{esc(caption)}</figcaption>", "</figure>"]
-  if chosen.size:
-    parts.append('<table id="pairs-table"><thead><tr><th>rank</th><th>synthetic image</th>'
-                 "<th>training match</th><th>max correlation</th><th>verdict</th></tr></thead>"
-                 "<tbody>")
-    for rank, i in enumerate(chosen, start=1):
-      memorized = correlation[i] >= threshold
-      verdict_cell = ('<span class="memorized">MEMORIZED</span>' if memorized
-                      else "below threshold")
-      parts.append(
-          f'<tr><td class="num">{rank}</td><td><code>{esc(synthetic.image_id(int(i)))}</code></td>'
-          f"<td><code>{esc(train.image_id(int(best[i])))}</code></td>"
-          f'<td class="num">{correlation[i]:.4f}</td><td>{verdict_cell}</td></tr>')
-    parts.append("</tbody></table>")
-
   parts.append("<h2>Images without a correlation</h2>")
   if undefined.size:
     listed = [synthetic.image_id(int(i)) for i in undefined[:MAX_LISTED_IDS]]
     more = undefined.size - len(listed)
     parts.append("<p>" + esc(
-        f"{_zero_variance_sentence(undefined.size)} They are left out of the figures and of the "
-        "memorized count at the top of this page.") + "</p>")
+        f"{_zero_variance_sentence(undefined.size, primary.measure)} They are left out of the "
+        "figures and of the memorized count at the top of this page.") + "</p>")
     parts.append('<ul id="zero-variance">' + "".join(f"<li><code>{esc(x)}</code></li>"
                                                     for x in listed) + "</ul>")
     if more:
@@ -713,20 +914,30 @@ def _render_page(*, title, synthetic, train, correlation, best, threshold, thres
       "<h2>Data</h2>", "<table><thead><tr><th>set</th><th>images</th><th>image shape</th>"
       "<th>description</th></tr></thead><tbody>",
       _source_row("synthetic", synthetic), _source_row("training", train)]
-  if holdout_max_correlation is not None:
+  holdout = primary.holdout_max_correlation
+  if holdout is not None:
     parts.append("<tr><td>held-out reference</td><td></td><td></td><td>" + esc(
-        f"{np.size(holdout_max_correlation)} values, one per training image: its maximum "
+        f"{np.size(holdout)} values, one per training image: its maximum "
         "correlation with a held-out set of real images") + "</td></tr>")
+  methods = []
+  if any(d.measure == "correlation" for d in detections):
+    methods.append("Akbar, Wang &amp; Eklund, “Beware of diffusion models for synthesizing "
+                   "medical images” (2025)")
+  if any(d.measure == "embedding" for d in detections):
+    methods.append("Dar et al., “Investigating data memorization in 3D latent diffusion models "
+                   "for medical image synthesis” (2023)")
   parts += ["</tbody></table>",
-            f"<footer>Written by memjax {esc(memjax.__version__)}. Method: Akbar, Wang &amp; "
-            "Eklund, “Beware of diffusion models for synthesizing medical images” "
-            "(2025).</footer>",
+            f"<footer>Written by memjax {esc(memjax.__version__)}. Method: "
+            + "; ".join(methods) + ".</footer>",
             "</body>", "</html>", ""]
   return "\n".join(parts)
 
 
-def _zero_variance_sentence(count: int) -> str:
+def _zero_variance_sentence(count: int, measure: str = "correlation") -> str:
   verb = "has" if count == 1 else "have"
+  if measure == "embedding":
+    return (f"{_plural(count, 'synthetic image', 'synthetic images')} {verb} a constant "
+            "embedding and no correlation.")
   return (f"{_plural(count, 'synthetic image', 'synthetic images')} {verb} zero variance and no "
           "correlation.")
 

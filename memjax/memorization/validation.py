@@ -286,10 +286,31 @@ class Evaluation:
   auc_by_kind: Mapping[str, float]
   operating_threshold: float = math.nan
   operating_rates: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  num_novel: int = 0
 
   @property
   def false_positive_rate(self) -> float:
     return self.rates.get(NOVEL, math.nan)
+
+  @property
+  def false_positive_interval(self) -> tuple[float, float]:
+    """The 95% Wilson interval of the false-positive rate over the `num_novel` novel images."""
+    return wilson_interval(round(self.false_positive_rate * self.num_novel), self.num_novel)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+  """Wilson's score interval of a binomial proportion (95% by default); (nan, nan) for 0 trials.
+
+  A rate measured on a few dozen images is uncertain by several points: 4 of 48 is 8%, and
+  anything from 3% to 20% is consistent with it.
+  """
+  if trials <= 0:
+    return math.nan, math.nan
+  p = successes / trials
+  denominator = 1.0 + z * z / trials
+  centre = (p + z * z / (2 * trials)) / denominator
+  half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+  return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def evaluate(name: str, planted: PlantedSet, scores: np.ndarray, *,
@@ -348,7 +369,8 @@ def evaluate(name: str, planted: PlantedSet, scores: np.ndarray, *,
   return Evaluation(name=name, threshold=float(threshold), lower_is_copy=lower_is_copy,
                     rule=rule, flagged=flagged, rates=rates,
                     auc=roc_auc(ranked[planted.is_copy], negative), auc_by_kind=auc_by_kind,
-                    operating_threshold=operating_threshold, operating_rates=operating_rates)
+                    operating_threshold=operating_threshold, operating_rates=operating_rates,
+                    num_novel=int(negative.size))
 
 
 def format_table(evaluations: Sequence[Evaluation], operating_point: bool = False) -> str:
@@ -366,20 +388,24 @@ def format_table(evaluations: Sequence[Evaluation], operating_point: bool = Fals
   kinds = [kind for kind in (*COPY_KINDS, NEIGHBOR)
            if any(kind in rates_of(e) for e in evaluations)]
   name_width = max([len("detector")] + [len(e.name) for e in evaluations])
-  headers = [*kinds, "FPR", "AUC", "threshold"]
-  widths = [max(len(h), 6) for h in headers]
-  widths[-1] = max(widths[-1], 10)
-  lines = ["  ".join(["detector".ljust(name_width)]
-                     + [h.rjust(w) for h, w in zip(headers, widths)])]
+  headers = [*kinds, "FPR", "FPR 95% CI", "AUC", "threshold"]
+  rows = []
   for e in evaluations:
     rates = rates_of(e)
     cells = [f"{100 * rates[k]:.0f}%" if k in rates else "-" for k in kinds]
     cells.append(f"{100 * rates.get(NOVEL, math.nan):.0f}%")
+    low, high = wilson_interval(round(rates.get(NOVEL, math.nan) * e.num_novel), e.num_novel)
+    cells.append("-" if math.isnan(low) else f"{100 * low:.0f}-{100 * high:.0f}%")
     cells.append(f"{e.auc:.3f}")
     value = e.operating_threshold if operating_point else e.threshold
     # Calibrated thresholds flag at equality; an operating point flags strictly beyond it.
     cells.append(f"{'<' if e.lower_is_copy else '>'}{'' if operating_point else '='}"
                  f"{value:.4g}")
+    rows.append(cells)
+  widths = [max([len(h), 6] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
+  lines = ["  ".join(["detector".ljust(name_width)]
+                     + [h.rjust(w) for h, w in zip(headers, widths)])]
+  for e, cells in zip(evaluations, rows):
     lines.append("  ".join([e.name.ljust(name_width)]
                            + [c.rjust(w) for c, w in zip(cells, widths)]))
   return "\n".join(lines)

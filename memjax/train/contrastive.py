@@ -47,7 +47,7 @@ from memjax.models import encoder as encoder_lib
 from memjax.train import loop
 
 NAME = "contrastive"
-CONFIG_FILE = "config.json"  # where launch.py leaves a run's config
+CONFIG_FILE = loop.CONFIG_FILE
 _NORM_EPSILON = 1e-12  # torch.nn.functional.normalize's, which the reference loss uses
 
 
@@ -308,8 +308,8 @@ def load_embedder(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
                   batch_size: int = 64) -> Embedder:
   """The encoder of the contrastive run in `workdir` (latest or `step`) as an `Embedder`.
 
-  `config` is the run's; by default the config.json that launch.py (and
-  tools/validate_detectors.py) writes into the work directory.
+  `config` is the run's; by default the config.json that `loop.train` writes into the work
+  directory.
 
   Raises:
     FileNotFoundError: when `workdir` holds no checkpoint, or no config.json and none is given.

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import functools
+import json
 import logging as std_logging
 import math
 import os
@@ -44,6 +45,7 @@ from memjax import parallel
 from memjax.data import pipeline
 
 CHECKPOINTS = "checkpoints"
+CONFIG_FILE = "config.json"  # the run's config, beside its checkpoints
 EVENTS = "events"
 GRIDS = "grids"
 SAMPLES = "samples"
@@ -615,6 +617,14 @@ class TrainResult:
   metrics: dict[str, float]
 
 
+def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
+  """Writes `config` as workdir/config.json (indented JSON; values JSON lacks as strings)."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(json.loads(config.to_json_best_effort()), indent=2) + "\n")
+  return path
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, trainer: Trainer, *,
           data: TrainingData | None = None, mesh: jax.sharding.Mesh | None = None
           ) -> TrainResult:
@@ -661,6 +671,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, traine
     manager.close()
     raise
 
+  if primary:  # What load_embedder and a resumed run read; as launch.py writes it.
+    save_config(config, workdir)
   metrics = _Metrics(workdir, primary)
   log_every = max(1, int(config.get("log_every_steps", 100)))
   checkpoint_every = max(1, int(config.get("checkpoint_every_steps", 1000)))
