@@ -196,9 +196,21 @@ def test_the_embedding_detector_alone_skips_the_pixel_search(tmp_path, planted, 
   assert not (tmp_path / "agreement.png").exists()
 
 
-def test_detector_settings_are_checked(tmp_path, planted):
+def test_detector_settings_are_checked(tmp_path, planted, monkeypatch):
   with pytest.raises(ValueError, match="unknown detector 'pixels'"):
     audit.run_audit(tmp_path, **planted, detector="pixels")
   with pytest.raises(ValueError, match="needs a trained contrastive encoder.*audit.encoder"):
     audit.run_audit(tmp_path, **planted, detector="both")
+
+  def wrong_encoder(images):
+    raise ValueError("the encoder was trained on images of shape (8, 8, 1)")
+
+  def no_search(*args, **kwargs):
+    raise AssertionError("the search ran before the encoder was tried")
+
+  from memjax.memorization import correlation  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(correlation, "search_correlation", no_search)
+  with pytest.raises(ValueError, match=r"cannot embed the images of array \(0, shape \(12, 12\)\)"
+                                       r": the encoder was trained"):
+    audit.run_audit(tmp_path, **planted, detector="both", embed_fn=wrong_encoder)
   assert not (tmp_path / "summary.json").exists()

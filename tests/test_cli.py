@@ -492,6 +492,15 @@ def test_cli_corrupt_png_in_training_folder(small_folders, tmp_path):
   _check_user_error(process, small_folders / "corrupt" / "broken.png", "not a readable image")
 
 
+def test_cli_embedding_detector_needs_a_trained_encoder(small_folders, tmp_path):
+  args = _audit_args(tmp_path / "run", small_folders / "synthetic", small_folders / "train")
+  process = _launch(*args, "--config.audit.detector=embedding")
+  _check_user_error(process, "needs a trained contrastive encoder", "--config.audit.encoder=")
+  missing = tmp_path / "no_encoder"
+  process = _launch(*args, "--config.audit.detector=both", f"--config.audit.encoder={missing}")
+  _check_user_error(process, str(missing / "config.json"), "does not exist")
+
+
 def test_cli_shapes_differ(small_folders, tmp_path):
   process = _launch(*_audit_args(tmp_path / "run", small_folders / "small",
                                  small_folders / "train"))

@@ -116,6 +116,14 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
     holdout = sources_lib.open_source(holdout)
     sources_lib.check_same_shape(holdout, train)
 
+  if embed_fn is not None and detector != "correlation":
+    # An encoder that cannot embed these images fails now, not after the pixel search.
+    try:
+      embedding_lib.embed(synthetic.read(0, 1, dtype=None), embed_fn)
+    except ValueError as e:
+      raise ValueError(f"the encoder cannot embed the images of {synthetic.description} "
+                       f"({synthetic.image_id(0)}, shape {synthetic.shape}): {e}") from e
+
   found = []
   if detector in ("correlation", "both"):
     found.append(_search_pixels(synthetic, train, holdout, k=k, threshold=threshold,
