@@ -78,6 +78,45 @@ def numpy_conv(x, w, padding):
              for i in range(k) for j in range(k))
 
 
+def numpy_conv_transpose2d(x, w, stride, padding):
+  """PyTorch's conv_transpose2d by its definition, in float64: every input pixel scatters w."""
+  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)  # w [in, out, k, k]
+  n, h, width, _ = x.shape
+  k = w.shape[2]
+  full = np.zeros((n, (h - 1) * stride + k, (width - 1) * stride + k, w.shape[1]))
+  for i in range(h):
+    for j in range(width):
+      full[:, i * stride:i * stride + k, j * stride:j * stride + k] += np.einsum(
+          "nc,cokl->nklo", x[:, i, j], w)
+  return full[:, padding:full.shape[1] - padding, padding:full.shape[2] - padding]
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2])
+def test_transposed_convolution_both_ways_matches_float64_and_each_other(rng, padding):
+  """XLA's gradient and the rewritten one (the CPU's, through the adjoint): the same values,
+  gradients and gradients of gradients (R1 and path length differentiate twice)."""
+  x = jnp.asarray(rng.standard_normal((2, 5, 4, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 4, 3, 3)), jnp.float32)
+  ways = {explicit: (lambda x, w, explicit=explicit: sg._conv_transpose2d(
+      x, w, 2, padding, rewritten_gradient=explicit)) for explicit in (True, False)}
+  expected = numpy_conv_transpose2d(x, w, 2, padding)
+  for f in ways.values():
+    np.testing.assert_allclose(np.asarray(f(x, w)), expected, atol=1e-4)
+
+  def loss(f):
+    return lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+
+  def penalty(f):  # |d loss / d x|^2, differentiated again with respect to w
+    return lambda w, x: jnp.sum(jax.grad(loss(f))(x, w) ** 2)
+
+  grads = {e: jax.grad(loss(f), (0, 1))(x, w) for e, f in ways.items()}
+  second = {e: jax.grad(penalty(f))(w, x) for e, f in ways.items()}
+  for a, b in zip(grads[True], grads[False]):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(second[True]), np.asarray(second[False]), atol=1e-3,
+                             rtol=1e-5)
+
+
 def test_demodulated_weights_have_unit_norm_per_output_feature(rng):
   n, cin, cout = 3, 5, 4
   x = rng.standard_normal((n, 6, 6, cin)).astype(np.float32)

@@ -64,6 +64,9 @@ def _parse_args() -> argparse.Namespace:
   parser.add_argument("--stylegan2_config", choices=("demo", "cxr", "brats20"), default="demo")
   parser.add_argument("--stylegan2_reference", default=None,
                       help="a stylegan2-ada-pytorch checkout, for the PyTorch side")
+  parser.add_argument("--plain_only", action="store_true",
+                      help="StyleGAN2: time only the plain step against PyTorch (skip the "
+                           "regularizer variants; for sizes where each step takes a minute)")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
   parser.add_argument("--steps", type=int, default=10, help="timed steps")
   return parser.parse_args()
@@ -257,15 +260,16 @@ def main_stylegan2(args: argparse.Namespace) -> None:
         f"channel_max {config.model.channel_max}; {os.cpu_count()} CPUs; {args.steps} timed "
         "steps per variant after 1")
   pl, r1 = config.loss.pl_interval, config.loss.r1_interval
-  variants = [("plain", 1), ("path length", pl), ("path length + R1", r1)]
-  seconds = bench_stylegan2_memjax(config, shape, args.steps, variants)
-  for name, value in seconds.items():
-    print(f"memjax {name:17s}: {value:8.3f} s/step  {config.batch_size / value:8.2f} images/s")
-  per_16 = (seconds["plain"] * (16 - 16 // pl) + seconds["path length"] * (16 // pl - 16 // r1)
-            + seconds["path length + R1"] * (16 // r1))
-  rate = 16 / per_16
-  print(f"memjax amortized over 16 steps: {rate:.3f} steps/s (= generator steps/s = "
-        f"discriminator steps/s), {rate * config.batch_size:.2f} images/s")
+  if not args.plain_only:
+    variants = [("plain", 1), ("path length", pl), ("path length + R1", r1)]
+    seconds = bench_stylegan2_memjax(config, shape, args.steps, variants)
+    for name, value in seconds.items():
+      print(f"memjax {name:17s}: {value:8.3f} s/step  {config.batch_size / value:8.2f} images/s")
+    per_16 = (seconds["plain"] * (16 - 16 // pl) + seconds["path length"] * (16 // pl - 16 // r1)
+              + seconds["path length + R1"] * (16 // r1))
+    rate = 16 / per_16
+    print(f"memjax amortized over 16 steps: {rate:.3f} steps/s (= generator steps/s = "
+          f"discriminator steps/s), {rate * config.batch_size:.2f} images/s")
   if not args.stylegan2_reference:
     print("PyTorch: skipped (give --stylegan2_reference=PATH to a stylegan2-ada-pytorch "
           "checkout, with torch installed)")

@@ -22,6 +22,7 @@ path; the same function, one ordinary convolution per layer for the whole batch)
 from __future__ import annotations
 
 from collections.abc import Mapping
+import functools
 import math
 
 from flax import nnx
@@ -123,15 +124,55 @@ def _conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: int = 0,
 
 
 def _conv_transpose2d(x: jax.Array, w: jax.Array, stride: int, padding: int,
-                      flip_weight: bool = True) -> jax.Array:
-  """PyTorch's conv_transpose2d with w [in, out, kh, kw], as a correlation of the dilated input."""
+                      flip_weight: bool = True, rewritten_gradient: bool | None = None
+                      ) -> jax.Array:
+  """PyTorch's conv_transpose2d with w [in, out, kh, kw], as a correlation of the dilated input.
+
+  XLA:CPU computes the weight gradient of an input-dilated convolution on a slow path (8 inputs
+  of 16x16x512: 13 s, against 72 ms for the forward pass). With `rewritten_gradient` (the
+  default on the CPU) that gradient is taken as the weight gradient of the strided convolution
+  that is this one's adjoint (`_dilated_conv`), which XLA computes quickly; the values are the
+  same. Elsewhere the gradient is XLA's own.
+  """
   if not flip_weight:
     w = w[:, :, ::-1, ::-1]
   k = w.shape[2]
   kernel = jnp.swapaxes(w, 0, 1)[:, :, ::-1, ::-1]  # [out, in, kh, kw], spatially reversed.
   edge = k - 1 - padding
+  if rewritten_gradient is None:
+    rewritten_gradient = jax.default_backend() == "cpu"
+  if rewritten_gradient:
+    return _dilated_conv(x, kernel, stride, edge)
+  return _lhs_dilated_conv(x, kernel, stride, edge)
+
+
+def _lhs_dilated_conv(x: jax.Array, kernel: jax.Array, stride: int, edge: int) -> jax.Array:
   return lax.conv_general_dilated(x, kernel, (1, 1), ((edge, edge),) * 2,
                                   lhs_dilation=(stride, stride), dimension_numbers=_DIMENSIONS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dilated_conv(x: jax.Array, kernel: jax.Array, stride: int, edge: int) -> jax.Array:
+  """`_lhs_dilated_conv`, whose kernel gradient is taken through its adjoint (see above)."""
+  return _lhs_dilated_conv(x, kernel, stride, edge)
+
+
+def _dilated_conv_forward(x, kernel, stride, edge):
+  return _lhs_dilated_conv(x, kernel, stride, edge), (x, kernel)
+
+
+def _dilated_conv_backward(stride, edge, residuals, grad):
+  x, kernel = residuals
+
+  def adjoint(k):  # grad -> the input gradient, a strided convolution, linear in k and grad
+    return jax.vjp(lambda inputs: _lhs_dilated_conv(inputs, k, stride, edge), x)[1](grad)[0]
+
+  # <conv(x, k), grad> = <x, adjoint(k)>: the kernel gradient is adjoint's, at cotangent x.
+  grad_x, adjoint_vjp = jax.vjp(adjoint, kernel)
+  return grad_x, adjoint_vjp(x)[0]
+
+
+_dilated_conv.defvjp(_dilated_conv_forward, _dilated_conv_backward)
 
 
 def conv2d_resample(x: jax.Array, w: jax.Array, taps=None, up: int = 1,
