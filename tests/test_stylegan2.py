@@ -117,6 +117,29 @@ def test_transposed_convolution_both_ways_matches_float64_and_each_other(rng, pa
                              rtol=1e-5)
 
 
+@pytest.mark.parametrize("padding,size", [(0, 9), (1, 8), (1, 9)])
+def test_strided_convolution_rewritten_gradients_match_xlas(rng, padding, size):
+  """The discriminator's stride-2 convolution: values, gradients and gradients of gradients."""
+  x = jnp.asarray(rng.standard_normal((2, size, size - 1, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((4, 3, 3, 3)), jnp.float32)
+  ways = {rewritten: (lambda x, w, rewritten=rewritten: sg._conv2d(
+      x, w, 2, padding, rewritten_gradient=rewritten)) for rewritten in (True, False)}
+  expected = numpy_conv(np.asarray(x), np.asarray(w), padding)[:, ::2, ::2]
+  for f in ways.values():
+    np.testing.assert_allclose(np.asarray(f(x, w)), expected, atol=1e-4)
+
+  def loss(f):
+    return lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+
+  def penalty(f):  # R1's shape: |d loss / d x|^2, differentiated with respect to w and x
+    return lambda w, x: jnp.sum(jnp.cos(jax.grad(loss(f))(x, w)))
+
+  grads = {r: jax.grad(loss(f), (0, 1))(x, w) for r, f in ways.items()}
+  second = {r: jax.grad(penalty(f), (0, 1))(w, x) for r, f in ways.items()}
+  for a, b in zip((*grads[True], *second[True]), (*grads[False], *second[False])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-3, rtol=1e-5)
+
+
 def test_demodulated_weights_have_unit_norm_per_output_feature(rng):
   n, cin, cout = 3, 5, 4
   x = rng.standard_normal((n, 6, 6, cin)).astype(np.float32)

@@ -115,12 +115,66 @@ def upsample2d(x: jax.Array, taps, up: int = 2) -> jax.Array:
 
 
 def _conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: int = 0,
-            flip_weight: bool = True) -> jax.Array:
-  """PyTorch's conv2d (a correlation) with weight [out, in, kh, kw]; flipped: a true convolution."""
+            flip_weight: bool = True, rewritten_gradient: bool | None = None) -> jax.Array:
+  """PyTorch's conv2d (a correlation) with weight [out, in, kh, kw]; flipped: a true convolution.
+
+  A strided convolution's input gradient is an input-dilated convolution, whose own weight
+  gradient (which R1 needs: it differentiates the input gradient) XLA:CPU takes on a slow path.
+  With `rewritten_gradient` (the default on the CPU) the input gradient is `_strided_input_grad`,
+  whose gradients are rewritten through the adjoint as in `_dilated_conv`.
+  """
   if not flip_weight:
     w = w[:, :, ::-1, ::-1]
+  if rewritten_gradient is None:
+    rewritten_gradient = jax.default_backend() == "cpu"
+  if stride > 1 and rewritten_gradient:
+    return _strided_conv(x, w, stride, padding)
+  return _plain_conv(x, w, stride, padding)
+
+
+def _plain_conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
   return lax.conv_general_dilated(x, w, (stride, stride), ((padding, padding),) * 2,
                                   dimension_numbers=_DIMENSIONS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _strided_conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
+  return _plain_conv(x, w, stride, padding)
+
+
+def _strided_conv_forward(x, w, stride, padding):
+  return _plain_conv(x, w, stride, padding), (x, w)
+
+
+def _strided_conv_backward(stride, padding, residuals, grad):
+  x, w = residuals
+  grad_w = jax.vjp(lambda k: _plain_conv(x, k, stride, padding), w)[1](grad)[0]
+  return _strided_input_grad(grad, w, stride, padding, x.shape), grad_w
+
+
+_strided_conv.defvjp(_strided_conv_forward, _strided_conv_backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _strided_input_grad(grad: jax.Array, w: jax.Array, stride: int, padding: int,
+                        x_shape: tuple[int, ...]) -> jax.Array:
+  """The input gradient of `_plain_conv` (linear in grad and in w), XLA's input-dilated conv."""
+  zeros = jnp.zeros(x_shape, grad.dtype)
+  return jax.vjp(lambda x: _plain_conv(x, w, stride, padding), zeros)[1](grad)[0]
+
+
+def _strided_input_grad_forward(grad, w, stride, padding, x_shape):
+  return _strided_input_grad(grad, w, stride, padding, x_shape), (grad, w)
+
+
+def _strided_input_grad_backward(stride, padding, x_shape, residuals, cotangent):
+  grad, w = residuals
+  # <A(w)^T grad, c> = <grad, A(w) c>: both gradients are the strided conv's, at input c.
+  out, vjp = jax.vjp(lambda k: _plain_conv(cotangent, k, stride, padding), w)
+  return out, vjp(grad)[0]
+
+
+_strided_input_grad.defvjp(_strided_input_grad_forward, _strided_input_grad_backward)
 
 
 def _conv_transpose2d(x: jax.Array, w: jax.Array, stride: int, padding: int,
