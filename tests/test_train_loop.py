@@ -87,13 +87,7 @@ def make_config(**overrides):
   config.data.prefetch_batches = 2
   config.optimizer.learning_rate = 3e-3
   config.optimizer.warmup_steps = 3
-  for key, value in overrides.items():
-    target = config
-    *parents, name = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[name] = value
-  return config
+  return default.override(config, overrides)
 
 
 class SlowExamples:

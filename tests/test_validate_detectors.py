@@ -140,6 +140,8 @@ def test_wilson_interval_matches_its_closed_form_and_known_values():
   low, high = validation.wilson_interval(4, 48)  # 8.3%: 3.3% to 19.6%
   assert (round(100 * low, 1), round(100 * high, 1)) == (3.3, 19.6)
   assert all(np.isnan(validation.wilson_interval(0, 0)))
+  assert all(np.isnan(validation.rate_interval(float("nan"), 0)))  # no novel images planted
+  assert validation.rate_interval(4 / 48, 48) == validation.wilson_interval(4, 48)
 
 
 def test_tool_prints_and_saves_the_table(tmp_path):

@@ -687,17 +687,17 @@ def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: ImageSource, t
     if measure != "correlation" or embedding.measure != "embedding":
       raise ValueError("a second detection is the embedding detector beside pixel correlation; "
                        f"got {embedding.measure!r} beside {measure!r}")
-    detections.append(dataclasses.replace(embedding, **dict(zip(
-        ("max_correlation", "best_index"),
-        _checked_inputs(synthetic, train, embedding.max_correlation, embedding.best_index,
-                        embedding.threshold, num_pairs, embedding.holdout_max_correlation))),
-        threshold=float(embedding.threshold)))
+    values, best = _checked_inputs(synthetic, train, embedding.max_correlation,
+                                   embedding.best_index, embedding.threshold, num_pairs,
+                                   embedding.holdout_max_correlation)
+    detections.append(dataclasses.replace(embedding, max_correlation=values, best_index=best,
+                                          threshold=float(embedding.threshold)))
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
 
   pngs: dict[str, bytes] = {}
   for detection in detections:
-    suffix = "" if detection is detections[0] else _words(detection.measure)["file_suffix"]
+    suffix = _file_suffix(detection, detections[0])
     pngs["histogram" + suffix] = figure_to_png_bytes(histogram_figure(
         detection.max_correlation, detection.threshold, detection.holdout_max_correlation,
         measure=detection.measure))
@@ -748,6 +748,11 @@ def _checked_inputs(synthetic: ImageSource, train: ImageSource, max_correlation,
   return correlation, best
 
 
+def _file_suffix(detection: Detection, primary: Detection) -> str:
+  """How the files and tables of a detector are named: plain for the first, suffixed after."""
+  return "" if detection is primary else _words(detection.measure)["file_suffix"]
+
+
 def _verdict(detection: Detection, with_name: bool) -> str:
   correlation, threshold = detection.max_correlation, detection.threshold
   defined = np.isfinite(correlation)
@@ -762,7 +767,7 @@ def _verdict(detection: Detection, with_name: bool) -> str:
 
 
 def _detector_section(detection: Detection, *, synthetic, train, num_pairs, redact, pngs,
-                      suffix: str, heading: str) -> list[str]:
+                      suffix: str, heading: str, file_suffix: str) -> list[str]:
   """The page's part for one detector: what was measured, its histogram, pairs and table."""
   esc = html.escape
   words = _words(detection.measure)
@@ -795,7 +800,7 @@ def _detector_section(detection: Detection, *, synthetic, train, num_pairs, reda
       "pixels); points on the dashed identity line have identical values.") + "</p>")
   parts.append("<p>" + esc(words["limits"]) + "</p>")
 
-  name = "histogram" + ("" if not suffix else words["file_suffix"])
+  name = "histogram" + file_suffix
   parts += [
       f"<{level}>Distribution of the highest values{esc(suffix)}</{level}>", "<figure>",
       f'<img src="{embed_png(pngs[name])}" alt="Histogram of the synthetic images’ maximum '
@@ -815,8 +820,8 @@ def _detector_section(detection: Detection, *, synthetic, train, num_pairs, reda
     caption += " Shown: " + "; ".join(sorted(notes)) + "."
   if redact:
     caption += " Training panels are replaced by their ids and the scatter plot is hidden."
-  name = "pairs" + ("" if not suffix else words["file_suffix"])
-  table_id = "pairs-table" + words["file_suffix"].replace("_", "-") if suffix else "pairs-table"
+  name = "pairs" + file_suffix
+  table_id = "pairs-table" + file_suffix.replace("_", "-")
   parts += [
       f"<{level}>Closest pairs{esc(suffix)}</{level}>", "<figure>",
       f'<img src="{embed_png(pngs[name])}" alt="Closest synthetic-training pairs by '
@@ -883,6 +888,7 @@ def _render_page(*, title, synthetic, train, detections, summary, num_pairs, red
       heading, suffix = "", ""
     parts += _detector_section(detection, synthetic=synthetic, train=train,
                                num_pairs=num_pairs, redact=redact, pngs=pngs, suffix=suffix,
+                               file_suffix=_file_suffix(detection, primary),
                                heading=heading)
 
   parts.append("<h2>Summary</h2>")

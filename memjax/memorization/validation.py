@@ -295,7 +295,14 @@ class Evaluation:
   @property
   def false_positive_interval(self) -> tuple[float, float]:
     """The 95% Wilson interval of the false-positive rate over the `num_novel` novel images."""
-    return wilson_interval(round(self.false_positive_rate * self.num_novel), self.num_novel)
+    return rate_interval(self.false_positive_rate, self.num_novel)
+
+
+def rate_interval(rate: float, trials: int) -> tuple[float, float]:
+  """The Wilson interval of a rate measured on `trials` images; (nan, nan) when there is none."""
+  if trials <= 0 or math.isnan(rate):
+    return math.nan, math.nan
+  return wilson_interval(round(rate * trials), trials)
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
@@ -394,7 +401,7 @@ def format_table(evaluations: Sequence[Evaluation], operating_point: bool = Fals
     rates = rates_of(e)
     cells = [f"{100 * rates[k]:.0f}%" if k in rates else "-" for k in kinds]
     cells.append(f"{100 * rates.get(NOVEL, math.nan):.0f}%")
-    low, high = wilson_interval(round(rates.get(NOVEL, math.nan) * e.num_novel), e.num_novel)
+    low, high = rate_interval(rates.get(NOVEL, math.nan), e.num_novel)
     cells.append("-" if math.isnan(low) else f"{100 * low:.0f}-{100 * high:.0f}%")
     cells.append(f"{e.auc:.3f}")
     value = e.operating_threshold if operating_point else e.threshold

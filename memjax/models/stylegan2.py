@@ -148,7 +148,7 @@ def _strided_conv_forward(x, w, stride, padding):
 
 def _strided_conv_backward(stride, padding, residuals, grad):
   x, w = residuals
-  grad_w = jax.vjp(lambda k: _plain_conv(x, k, stride, padding), w)[1](grad)[0]
+  (grad_w,) = jax.linear_transpose(lambda k: _plain_conv(x, k, stride, padding), w)(grad)
   return _strided_input_grad(grad, w, stride, padding, x.shape), grad_w
 
 
@@ -159,8 +159,8 @@ _strided_conv.defvjp(_strided_conv_forward, _strided_conv_backward)
 def _strided_input_grad(grad: jax.Array, w: jax.Array, stride: int, padding: int,
                         x_shape: tuple[int, ...]) -> jax.Array:
   """The input gradient of `_plain_conv` (linear in grad and in w), XLA's input-dilated conv."""
-  zeros = jnp.zeros(x_shape, grad.dtype)
-  return jax.vjp(lambda x: _plain_conv(x, w, stride, padding), zeros)[1](grad)[0]
+  example = jax.ShapeDtypeStruct(x_shape, grad.dtype)
+  return jax.linear_transpose(lambda x: _plain_conv(x, w, stride, padding), example)(grad)[0]
 
 
 def _strided_input_grad_forward(grad, w, stride, padding, x_shape):
@@ -219,7 +219,8 @@ def _dilated_conv_backward(stride, edge, residuals, grad):
   x, kernel = residuals
 
   def adjoint(k):  # grad -> the input gradient, a strided convolution, linear in k and grad
-    return jax.vjp(lambda inputs: _lhs_dilated_conv(inputs, k, stride, edge), x)[1](grad)[0]
+    return jax.linear_transpose(lambda inputs: _lhs_dilated_conv(inputs, k, stride, edge),
+                                x)(grad)[0]
 
   # <conv(x, k), grad> = <x, adjoint(k)>: the kernel gradient is adjoint's, at cotangent x.
   grad_x, adjoint_vjp = jax.vjp(adjoint, kernel)
