@@ -46,9 +46,12 @@ def data_mesh(devices: Sequence[jax.Device] | int | None = None,
   return jax.make_mesh((len(devices),), (axis_name,), devices=devices)
 
 
-def rows_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading axis split over every axis of the mesh (rows of a batch or block), the rest whole."""
-  return NamedSharding(mesh, PartitionSpec(mesh.axis_names))
+def rows_sharding(mesh: Mesh, memory_kind: str | None = None) -> NamedSharding:
+  """Leading axis split over every axis of the mesh (rows of a batch or block), the rest whole.
+
+  `memory_kind` places the shards elsewhere than in the devices' own memory, e.g. "pinned_host".
+  """
+  return NamedSharding(mesh, PartitionSpec(mesh.axis_names), memory_kind=memory_kind)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

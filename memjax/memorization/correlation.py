@@ -33,6 +33,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
+import logging
 from typing import Any
 
 import jax
@@ -46,9 +47,6 @@ from memjax.data import sources as sources_lib
 
 GROUP_SIZE = 64  # training images per group in the two-stage exact top-k
 TILE_MULTIPLE = 8  # tiles of huge images (3D volumes) may be smaller than a group
-_TILE_BYTES = 32 << 20  # float32 bytes of the largest tile of training rows
-_SYNTHETIC_CHUNK_BYTES = 256 << 20  # float32 bytes of one chunk of synthetic images
-_SCORE_TILE_BYTES = 64 << 20  # bytes of one (synthetic chunk x tile) score matrix
 
 # |mean| / std of a training row above which the raw product's rounding could pass 1e-6: such
 # rows are searched again with the tile centred first.
@@ -56,6 +54,56 @@ _MAX_OFFSET_RATIO = 32.0
 
 # Per-image status codes returned by the kernels.
 OK, ZERO_VARIANCE, NON_FINITE, PADDING, RECENTRE = 0, 1, 2, 3, 4
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchBudget:
+  """How much of one device's memory the search may use, and how training blocks reach it.
+
+  tile_bytes: float32 bytes of the largest tile of training rows (at most max_tile_rows rows).
+  synthetic_chunk_bytes: float32 bytes of one chunk of synthetic images.
+  score_tile_bytes: bytes of one (synthetic chunk x tile) score matrix.
+  resident_bytes: a training set whose blocks take at most this many bytes on each device stays
+    there after the first synthetic chunk, rather than being read again for every chunk.
+  staging: the host memory kind blocks pass through on their way to the device: "pinned_host"
+    (page-locked: the copy runs at the bus's speed, asynchronously) or None (a direct copy).
+  """
+  tile_bytes: int = 32 << 20
+  max_tile_rows: int = 4096
+  synthetic_chunk_bytes: int = 256 << 20
+  score_tile_bytes: int = 64 << 20
+  resident_bytes: int = 0
+  staging: str | None = None
+
+
+# CPUs: tiles that stay in cache-sized pieces, and a training set streamed whatever its size (the
+# host's memory is the device's, and the streaming keeps the peak fixed).
+CPU_BUDGET = SearchBudget()
+
+
+def accelerator_budget(memory_bytes: int, staging: str | None = "pinned_host") -> SearchBudget:
+  """Sizes for a GPU or TPU with `memory_bytes` of memory per device.
+
+  A bfloat16 matrix unit (tensor cores, the MXU) runs near its peak only on products with
+  thousands of rows on each side, and every block is a separate transfer and dispatch: tiles of up
+  to 1 GiB (4,096 rows of 256x256 images), synthetic chunks of up to 2 GiB, and a training set
+  that fits in a quarter of the memory kept there.
+  """
+  return SearchBudget(tile_bytes=min(1 << 30, memory_bytes // 32), max_tile_rows=16384,
+                      synthetic_chunk_bytes=min(2 << 30, memory_bytes // 32),
+                      score_tile_bytes=min(512 << 20, memory_bytes // 64),
+                      resident_bytes=memory_bytes // 4, staging=staging)
+
+
+def search_budget(mesh: Mesh) -> SearchBudget:
+  """The budget for the devices of `mesh`: CPU_BUDGET on CPUs, else from the device's memory."""
+  device = mesh.devices.flat[0]
+  if device.platform == "cpu":
+    return CPU_BUDGET
+  stats = device.memory_stats() or {}
+  memory = int(stats.get("bytes_limit", 16 << 30))
+  kinds = {memory_space.kind for memory_space in device.addressable_memories()}
+  return accelerator_budget(memory, "pinned_host" if "pinned_host" in kinds else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,13 +151,14 @@ class SearchPlan:
     return _ceil_div(self.num_synthetic, self.synthetic_chunk)
 
 
-def default_tile_size(image_size: int, num_train: int) -> int:
-  """Training rows per tile, a function of the data alone (never of the devices or block size).
+def default_tile_size(image_size: int, num_train: int, budget: SearchBudget = CPU_BUDGET) -> int:
+  """Training rows per tile, a function of the data and the budget alone (never of the number of
+  devices or the block size).
 
-  About _TILE_BYTES of float32 per tile; among the sizes from half that up, the one that leaves
-  the least padding in the last tile of a single device's pass; a small set gets one tile.
+  About budget.tile_bytes of float32 per tile; among the sizes from half that up, the one that
+  leaves the least padding in the last tile of a single device's pass; a small set gets one tile.
   """
-  largest = min(4096, _TILE_BYTES // (4 * image_size))
+  largest = min(budget.max_tile_rows, budget.tile_bytes // (4 * image_size))
   unit = GROUP_SIZE if largest >= GROUP_SIZE else TILE_MULTIPLE
   largest = max(unit, largest // unit * unit)
   if num_train <= largest:  # a small training set: one tile that just holds it
@@ -124,7 +173,8 @@ def _group_size(tile_size: int) -> int:
 
 def plan_search(num_synthetic: int, num_train: int, image_size: int, k: int, num_devices: int, *,
                 block_size: int | None = None, tile_size: int | None = None,
-                synthetic_chunk: int | None = None) -> SearchPlan:
+                synthetic_chunk: int | None = None, budget: SearchBudget = CPU_BUDGET
+                ) -> SearchPlan:
   """Chooses tile, block and chunk sizes. Any block size is allowed; blocks are padded."""
   if k < 1:
     raise ValueError(f"k must be at least 1, got {k}")
@@ -133,7 +183,7 @@ def plan_search(num_synthetic: int, num_train: int, image_size: int, k: int, num
         f"nothing to search: {num_synthetic} synthetic and {num_train} training images")
   if num_train >= 2**31 - 1:
     raise ValueError(f"{num_train} training images: more than the int32 indices the kernel keeps")
-  tile = tile_size or default_tile_size(image_size, num_train)
+  tile = tile_size or default_tile_size(image_size, num_train, budget)
   if tile < TILE_MULTIPLE or tile % TILE_MULTIPLE:
     raise ValueError(f"tile_size must be a positive multiple of {TILE_MULTIPLE}, got {tile}")
   if block_size is None:
@@ -144,7 +194,8 @@ def plan_search(num_synthetic: int, num_train: int, image_size: int, k: int, num
   block_size = min(block_size, num_train)
   tiles_per_device = _ceil_div(_ceil_div(block_size, num_devices), tile)
   if synthetic_chunk is None:
-    rows = min(_SYNTHETIC_CHUNK_BYTES // (4 * image_size), _SCORE_TILE_BYTES // (4 * tile))
+    rows = min(budget.synthetic_chunk_bytes // (4 * image_size),
+               budget.score_tile_bytes // (4 * tile))
     rows = max(8, rows // 8 * 8)
     # Equal chunks, rounded up to a multiple of 8 rows: little padding, one shape.
     synthetic_chunk = _ceil_div(_ceil_div(num_synthetic, _ceil_div(num_synthetic, rows)), 8) * 8
@@ -174,10 +225,28 @@ def _normalize_rows(x: jax.Array, precision: str
   return (hi, mid), jnp.sum(used, axis=1), status
 
 
+def _round_to_bfloat16(x: jax.Array) -> jax.Array:
+  """float32 x rounded to the nearest bfloat16 value (ties to even), still as float32.
+
+  Done on the bits, not by a round trip through bfloat16: a compiler that may keep excess
+  precision (XLA on GPUs, `xla_allow_excess_precision`) folds `f32(bf16(x))` to x, which would
+  make the split below lose its low half. For finite x below bfloat16's largest value.
+  """
+  bits = lax.bitcast_convert_type(x, jnp.uint32)
+  rounded = (bits + jnp.uint32(0x7FFF) + ((bits >> 16) & jnp.uint32(1))) & jnp.uint32(0xFFFF0000)
+  return lax.bitcast_convert_type(rounded, jnp.float32)
+
+
 def _split_bfloat16(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """x ~ hi + mid in bfloat16, to 16 significant bits (exactly, for 16-bit integers)."""
-  hi = x.astype(jnp.bfloat16)
-  return hi, (x - hi.astype(jnp.float32)).astype(jnp.bfloat16)
+  """x ~ hi + mid in bfloat16, to 16 significant bits (exactly, for 16-bit integers).
+
+  hi and mid are rounded to bfloat16 values on the bits, so that their conversions to bfloat16
+  are exact and no compiler rewrite of a conversion pair can change them (see
+  `_round_to_bfloat16`); x - hi is exact in float32.
+  """
+  hi = _round_to_bfloat16(x)
+  mid = _round_to_bfloat16(x - hi)
+  return hi.astype(jnp.bfloat16), mid.astype(jnp.bfloat16)
 
 
 def _products(synthetic: tuple[jax.Array, ...], rows: jax.Array) -> jax.Array:
@@ -321,16 +390,25 @@ class _BlockReader:
   Rows are read into a ring of 64-byte aligned host buffers, which the CPU backend adopts without a
   copy and which are reused rather than freshly allocated (fresh pages fault in at about the speed
   of a copy). A buffer is refilled three blocks later: by then the search has waited for its block.
-  An aligned in-memory array of the stored dtype is not copied at all.
+  An aligned in-memory array of the stored dtype is not copied at all. With `keep` (blocks that
+  stay on the device for later passes) every block gets buffers of its own.
+
+  With `staging` ("pinned_host"), a block is first placed in page-locked host memory and then
+  copied to the devices from there: an asynchronous copy at the bus's speed, which overlaps the
+  kernel of the block before (a copy from ordinary, pageable memory runs at a fraction of it).
   """
 
   RING = 3  # block b's buffers are rewritten for block b + 3; the search keeps <= 2 in flight
 
   def __init__(self, train: sources_lib.ImageSource, plan: SearchPlan, mesh: Mesh,
-               dtype: np.dtype):
+               dtype: np.dtype, *, staging: str | None = None, keep: bool = False):
     self._train = train
     self._plan = plan
     self._sharding = parallel.rows_sharding(mesh)
+    self._host_sharding = (parallel.rows_sharding(mesh, memory_kind=staging) if staging
+                           else self._sharding)
+    self._staged = staging is not None
+    self._keep = keep
     self._dtype = np.dtype(dtype)
     self._buffers: dict[tuple[int, int], np.ndarray] = {}
     self._blocks_read = 0
@@ -343,10 +421,12 @@ class _BlockReader:
     return first, min(first + real, stop)
 
   def _buffer(self, ring_slot: int, device_slot: int) -> np.ndarray:
+    shape = (self._plan.rows_per_device, self._plan.image_size)
+    if self._keep:
+      return sources_lib.aligned_empty(shape, self._dtype)
     key = (ring_slot, device_slot)
     if key not in self._buffers:
-      self._buffers[key] = sources_lib.aligned_empty(
-          (self._plan.rows_per_device, self._plan.image_size), self._dtype)
+      self._buffers[key] = sources_lib.aligned_empty(shape, self._dtype)
     return self._buffers[key]
 
   def _without_copy(self, first: int, last: int) -> np.ndarray | None:
@@ -385,9 +465,11 @@ class _BlockReader:
       out[:last - first] = np.arange(first, last, dtype=np.int32)
       return out
 
-    block = jax.make_array_from_callback((total_rows, plan.image_size), self._sharding,
+    block = jax.make_array_from_callback((total_rows, plan.image_size), self._host_sharding,
                                          block_callback)
     block_index = jax.make_array_from_callback((total_rows,), self._sharding, index_callback)
+    if self._staged:
+      block = jax.device_put(block, self._sharding)
     return block, block_index
 
   def _submit(self, start: int, stop: int):
@@ -415,6 +497,77 @@ class _BlockReader:
   def close(self):
     self._pool.shutdown(wait=True)
     self._buffers.clear()
+
+
+class _TrainingPasses:
+  """The training blocks for each synthetic chunk: streamed every time, or kept on the devices.
+
+  A kept (resident) training set is read from its source and copied to the devices once, during
+  the first synthetic chunk; later chunks reuse the device copies.
+  """
+
+  def __init__(self, reader: _BlockReader, resident: bool):
+    self._reader = reader
+    self._resident = resident
+    self._kept: list[tuple[int, int, jax.Array, jax.Array]] | None = None
+
+  def blocks(self):
+    if self._kept is not None:
+      yield from self._kept
+      return
+    kept = []
+    for item in self._reader.blocks():
+      if self._resident:
+        kept.append(item)
+      yield item
+    if self._resident:
+      self._kept = kept
+
+
+class _SyntheticChunks:
+  """Synthetic chunks read and copied to the devices in a background thread, one ahead.
+
+  Without `ahead` (the synthetic and training images are one source, which is read by one
+  thread at a time) each chunk is read when it is needed.
+  """
+
+  def __init__(self, synthetic: sources_lib.ImageSource, plan: SearchPlan, mesh: Mesh,
+               ahead: bool = True):
+    self._synthetic = synthetic
+    self._ahead = ahead
+    self._plan = plan
+    self._replicated = parallel.replicated(mesh)
+    self._dtype = _transfer_dtype(synthetic)
+    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                       thread_name_prefix="memjax-synthetic")
+
+  def _read(self, start: int, stop: int) -> jax.Array:
+    count = stop - start
+    chunk = sources_lib.aligned_empty((self._plan.synthetic_chunk, self._plan.image_size),
+                                      self._dtype)  # fresh: the device may adopt it
+    self._synthetic.read_into(start, stop,
+                              chunk[:count].reshape((count,) + tuple(self._synthetic.shape)))
+    chunk[count:] = 0
+    return jax.device_put(chunk, self._replicated)
+
+  def chunks(self):
+    """Yields (start, stop, chunk on the devices) with the next chunk already being read."""
+    plan = self._plan
+    starts = list(range(0, plan.num_synthetic, plan.synthetic_chunk))
+    bounds = [(start, min(start + plan.synthetic_chunk, plan.num_synthetic)) for start in starts]
+    if not self._ahead:
+      for start, stop in bounds:
+        yield start, stop, self._read(start, stop)
+      return
+    pending = self._pool.submit(self._read, *bounds[0])
+    for position, (start, stop) in enumerate(bounds):
+      chunk = pending.result()
+      if position + 1 < len(bounds):
+        pending = self._pool.submit(self._read, *bounds[position + 1])
+      yield start, stop, chunk
+
+  def close(self):
+    self._pool.shutdown(wait=True)
 
 
 def _transfer_dtype(source: sources_lib.ImageSource) -> np.dtype:
@@ -456,15 +609,71 @@ PRECISIONS = ("auto", "float32", "bfloat16x3")
 
 
 def resolve_precision(precision: str, mesh: Mesh) -> str:
-  """"auto" becomes "bfloat16x3" where bfloat16 products are fast, else "float32"."""
+  """"auto" becomes "bfloat16x3" where bfloat16 products are fast and proven exact, else "float32".
+
+  Fast: GPUs, TPUs and CPUs with a bfloat16 matrix unit (AMX). Proven: a probe search on that
+  kind of device, once per process, agrees with float64 (`split_products_are_exact`).
+  """
   if precision not in PRECISIONS:
     raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
   if precision != "auto":
     return precision
-  platform = mesh.devices.flat[0].platform
-  if platform in ("gpu", "cuda", "rocm", "tpu"):
-    return "bfloat16x3"
-  return "bfloat16x3" if _cpu_has_bfloat16_matrix_unit() else "float32"
+  device = mesh.devices.flat[0]
+  if device.platform == "cpu" and not _cpu_has_bfloat16_matrix_unit():
+    return "float32"
+  return "bfloat16x3" if split_products_are_exact(device) else "float32"
+
+
+_PROVEN: dict[tuple[str, str], bool] = {}
+PROBE_TOLERANCE = 5e-6  # largest difference from float64 that the probe accepts
+EXACT_COPY_TOLERANCE = 1e-6  # an exact copy must score at least 1 - this
+
+
+def split_products_are_exact(device: jax.Device) -> bool:
+  """Whether "bfloat16x3" searches are exact on this kind of device, found by running one.
+
+  Compilers differ in what they may do to a split product (XLA on GPUs may keep excess
+  precision and fold conversions away), so the split is proven where it runs, not assumed: a
+  small search with exact and noisy copies of 8-bit and float32 images, compiled for the device
+  as every search is, must be within PROBE_TOLERANCE of float64 with exact copies at
+  1 - EXACT_COPY_TOLERANCE or more. The answer is kept per platform and device kind.
+  """
+  key = (device.platform, device.device_kind)
+  if key not in _PROVEN:
+    worst, weakest_copy = _probe_split_products(device)
+    _PROVEN[key] = worst <= PROBE_TOLERANCE and weakest_copy >= 1 - EXACT_COPY_TOLERANCE
+    if not _PROVEN[key]:
+      logging.warning(
+          "bfloat16x3 split products are not exact on %s (%s): %.2g from float64, exact copies "
+          "at %.8f; precision='auto' uses float32 there", device.platform, device.device_kind,
+          worst, weakest_copy)
+  return _PROVEN[key]
+
+
+def _probe_split_products(device: jax.Device) -> tuple[float, float]:
+  """(largest difference from float64, lowest score of an exact copy) of bfloat16x3 searches."""
+  mesh = parallel.data_mesh([device])
+  rng = np.random.default_rng(0)
+  worst, weakest_copy = 0.0, 1.0
+  for dtype in (np.uint8, np.float32):
+    if dtype == np.uint8:
+      train = rng.integers(0, 256, (192, 48, 48)).astype(np.uint8)
+    else:
+      train = (100.0 + 40.0 * rng.standard_normal((192, 48, 48))).astype(np.float32)
+    noisy = train[8:16].astype(np.float64) + 8.0 * rng.standard_normal((8, 48, 48))
+    synthetic = np.concatenate([train[:8], noisy.clip(0, 255).astype(dtype), train[16:32][::-1]])
+    synthetic[16:] = rng.permutation(synthetic[16:].reshape(-1)).reshape(16, 48, 48)
+    values, _ = top_k_correlation(synthetic, train, k=4, mesh=mesh, precision="bfloat16x3")
+    a = synthetic.reshape(len(synthetic), -1).astype(np.float64)
+    b = train.reshape(len(train), -1).astype(np.float64)
+    a = (a - a.mean(1, keepdims=True)) / np.linalg.norm(a - a.mean(1, keepdims=True), axis=1,
+                                                          keepdims=True)
+    b = (b - b.mean(1, keepdims=True)) / np.linalg.norm(b - b.mean(1, keepdims=True), axis=1,
+                                                          keepdims=True)
+    ranked = -np.sort(-(a @ b.T), axis=1)[:, :4]
+    worst = max(worst, float(np.max(np.abs(values - ranked))))
+    weakest_copy = min(weakest_copy, float(values[:8, 0].min()))
+  return worst, weakest_copy
 
 
 @functools.lru_cache(maxsize=1)
@@ -484,14 +693,18 @@ def search_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: in
                        mesh: Mesh | None = None, precision: str = "auto",
                        tile_size: int | None = None, synthetic_chunk: int | None = None,
                        progress: bool = False, description: str = "correlation search",
-                       names: tuple[str, str] = ("synthetic", "training")) -> SearchResult:
+                       names: tuple[str, str] = ("synthetic", "training"),
+                       budget: SearchBudget | None = None, resident: bool | None = None
+                       ) -> SearchResult:
   """The exact top-k Pearson correlation search with its report of images that have none.
 
   `synthetic` and `train` are arrays (N, *image_shape), `ImageSource`s or paths (folders, .npy,
   .npz). `precision` picks the products: "float32", "bfloat16x3" (split products on a bfloat16
-  matrix unit, within a few 1e-6 of float32), or "auto" (bfloat16x3 on GPUs, TPUs and CPUs with
-  bfloat16 matrix instructions, else float32). `names` name the two sets in error messages. See
-  the module docstring for how the search streams and shards.
+  matrix unit, within a few 1e-6 of float32), or "auto" (bfloat16x3 where the matrix unit has
+  bfloat16 and a probe proved the split exact there, else float32). `names` name the two sets in
+  error messages. `budget` sizes the work for the devices (`search_budget(mesh)` by default);
+  `resident` keeps the training set on the devices across synthetic chunks (by default, where it
+  fits in budget.resident_bytes). See the module docstring for how the search streams and shards.
   """
   synthetic = sources_lib.open_source(synthetic)
   train = sources_lib.open_source(train)
@@ -500,22 +713,30 @@ def search_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: in
   image_size = int(np.prod(train.shape))
   # No more candidates than training images (pad at the end); plan_search rejects k < 1.
   kernel_k = min(k, len(train))
+  budget = budget if budget is not None else search_budget(mesh)
   plan = plan_search(len(synthetic), len(train), image_size, kernel_k, parallel.mesh_size(mesh),
-                     block_size=block_size, tile_size=tile_size, synthetic_chunk=synthetic_chunk)
+                     block_size=block_size, tile_size=tile_size, synthetic_chunk=synthetic_chunk,
+                     budget=budget)
   precision = resolve_precision(precision, mesh)
+  if resident is None:
+    resident = (plan.num_synthetic_chunks > 1
+                and _device_bytes(plan, _transfer_dtype(train)) <= budget.resident_bytes)
   values, index, synthetic_status, train_status = _stream(
       synthetic, train, plan, mesh, centred=False, precision=precision, progress=progress,
-      description=description, names=names)
+      description=description, names=names, staging=budget.staging, resident=resident,
+      read_ahead=synthetic is not train)
 
   recentre = np.flatnonzero(train_status == RECENTRE)
   if recentre.size:
     # Training images with a large offset under little texture: searched again, centred first.
     subset = sources_lib.IndexedSource(train, recentre)
     subset_plan = plan_search(len(synthetic), len(subset), image_size, min(k, len(subset)),
-                              parallel.mesh_size(mesh), synthetic_chunk=plan.synthetic_chunk)
+                              parallel.mesh_size(mesh), synthetic_chunk=plan.synthetic_chunk,
+                              budget=budget)
     subset_values, subset_index, _, subset_status = _stream(
         synthetic, subset, subset_plan, mesh, centred=True, precision="float32",
-        progress=progress, description=f"{description} (re-centred)", names=names)
+        progress=progress, description=f"{description} (re-centred)", names=names,
+        staging=budget.staging, resident=resident, read_ahead=synthetic is not train)
     train_status[recentre] = subset_status
     subset_index = np.where(subset_index >= 0, recentre[np.maximum(subset_index, 0)], -1)
     values, index = _merge_candidates(np.concatenate([values, subset_values], axis=1),
@@ -532,35 +753,37 @@ def search_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: in
                       precision=precision, num_devices=plan.num_devices)
 
 
+def _device_bytes(plan: SearchPlan, dtype: np.dtype) -> int:
+  """Bytes of the whole training set's blocks, padding included, on each device."""
+  num_blocks = _ceil_div(plan.num_train, plan.block_size)
+  return num_blocks * plan.rows_per_device * plan.image_size * np.dtype(dtype).itemsize
+
+
 def _stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
             plan: SearchPlan, mesh: Mesh, *, centred: bool, precision: str, progress: bool,
-            description: str, names: tuple[str, str]
+            description: str, names: tuple[str, str], staging: str | None = None,
+            resident: bool = False, read_ahead: bool = True
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """One streamed pass of the training set per synthetic chunk.
+  """One pass over the training set per synthetic chunk: streamed, or from the devices' copy.
 
   Returns values, indices (N_synthetic, k), and the synthetic and training status codes.
   """
   normalize_synthetic, block_step = _compile_kernels(mesh, plan, centred, precision)
   rows = parallel.rows_sharding(mesh)
-  replicated = parallel.replicated(mesh)
-  synthetic_dtype = _transfer_dtype(synthetic)
   per_slot = plan.k
 
   all_values, all_index = [], []
   synthetic_status = np.zeros(plan.num_synthetic, np.int8)
   train_status = np.zeros(plan.num_train, np.int8)
   progress_bar = _progress_bar(plan, description, progress)
-  reader = _BlockReader(train, plan, mesh, _transfer_dtype(train))
+  reader = _BlockReader(train, plan, mesh, _transfer_dtype(train), staging=staging,
+                        keep=resident)
+  passes = _TrainingPasses(reader, resident)
+  chunks = _SyntheticChunks(synthetic, plan, mesh, ahead=read_ahead)
   try:
-    for chunk_start in range(0, plan.num_synthetic, plan.synthetic_chunk):
-      chunk_stop = min(chunk_start + plan.synthetic_chunk, plan.num_synthetic)
+    for chunk_start, chunk_stop, chunk in chunks.chunks():
       count = chunk_stop - chunk_start
-      chunk = sources_lib.aligned_empty((plan.synthetic_chunk, plan.image_size), synthetic_dtype)
-      synthetic.read_into(chunk_start, chunk_stop,
-                          chunk[:count].reshape((count,) + tuple(synthetic.shape)))
-      chunk[count:] = 0
-      synthetic_operands, synthetic_sum, status = normalize_synthetic(
-          jax.device_put(chunk, replicated))
+      synthetic_operands, synthetic_sum, status = normalize_synthetic(chunk)
       synthetic_status[chunk_start:chunk_stop] = parallel.to_host(status)[:count]
       _raise_on_non_finite(synthetic, synthetic_status[chunk_start:chunk_stop], names[0],
                            offset=chunk_start)
@@ -575,7 +798,7 @@ def _stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
         _collect_status(*in_flight.popleft(), train_status if first_chunk else None, plan,
                         train, progress_bar, count, names)
 
-      for start, stop, block, block_index in reader.blocks():
+      for start, stop, block, block_index in passes.blocks():
         best_values, best_index, block_status = block_step(
             best_values, best_index, synthetic_operands, synthetic_sum, block, block_index)
         in_flight.append((start, stop, block_status))
@@ -588,6 +811,7 @@ def _stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
       all_values.append(values[:count])
       all_index.append(index[:count])
   finally:
+    chunks.close()
     reader.close()
     progress_bar.close()
   return (np.concatenate(all_values), np.concatenate(all_index), synthetic_status,
