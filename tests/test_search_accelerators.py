@@ -194,3 +194,33 @@ def test_accelerator_budget_search_is_exact_on_cpu(rng):
   assert_exact_top_k(values, indices, pearson_float64(synthetic, train), 4)
   np.testing.assert_array_equal(indices[:2, 0], [3, 499])
   assert values[0, 0] >= 1 - 1e-6 and values[1, 0] >= 1 - 1e-6
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16x3"])
+def test_near_exact_matches_are_rescored_in_float64(rng, precision):
+  mesh = parallel.data_mesh(4)
+  train = rng.integers(0, 256, (150, 40, 40)).astype(np.uint8)
+  train[149] = train[20]  # a duplicate: the tie goes to the lower index, 20
+  nearly = train[60].copy()
+  nearly[0, :12] = 255 - nearly[0, :12]  # r below 1 - REFINE_BAND: left as found
+  one_pixel = train[90].copy()
+  one_pixel[5, 5] = one_pixel[5, 5] + 20 if one_pixel[5, 5] < 128 else one_pixel[5, 5] - 20
+  # r about 1 - 2e-5: inside the band, rescored
+  synthetic = np.stack([train[20], train[100], nearly, one_pixel,
+                        rng.integers(0, 256, (40, 40)).astype(np.uint8)])
+  reference = pearson_float64(synthetic, train)
+  result = correlation.search_correlation(synthetic, train, 3, mesh=mesh, precision=precision)
+  np.testing.assert_array_equal(result.indices[:4, 0], [20, 100, 60, 90])
+  assert result.indices[0, 1] == 149
+  np.testing.assert_array_equal(result.values[:2, 0], 1.0)
+  assert result.values[0, 1] == 1.0
+  assert 1 - correlation.REFINE_BAND < reference[3, 90] < 1 - 1e-6
+  assert reference[2, 60] < 1 - correlation.REFINE_BAND
+  np.testing.assert_allclose(result.values[3, 0], reference[3, 90], atol=6e-8, rtol=0)
+  assert_exact_top_k(result.values, result.indices, reference, 3)
+  # Only matches inside the band are rescored: elsewhere the kernel's values stand.
+  kernel = correlation.search_correlation(synthetic, train, 3, mesh=mesh, precision=precision,
+                                          refine=False)
+  outside = kernel.values < 1 - correlation.REFINE_BAND
+  np.testing.assert_array_equal(result.values[outside], kernel.values[outside])
+  assert np.max(np.abs(result.values - reference[np.arange(5)[:, None], result.indices])) < 2e-6
