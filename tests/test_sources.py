@@ -114,7 +114,7 @@ def test_npy_volumes(tmp_path, rng):
 
 
 def test_npy_converting_read_in_chunks(tmp_path, rng, monkeypatch):
-  monkeypatch.setattr(sources, "_CHUNK_BYTES", 3 * 8 * 8)  # Three images a chunk.
+  monkeypatch.setattr(sources.arrays, "_CHUNK_BYTES", 3 * 8 * 8)  # Three images a chunk.
   images = rng.integers(0, 255, (10, 8, 8)).astype(np.uint8)
   np.save(tmp_path / "x.npy", images)
   np.testing.assert_array_equal(NumpyFileSource(tmp_path / "x.npy").read(1, 9), images[1:9])
@@ -137,8 +137,8 @@ def test_npz_compressed_stream_is_reused(tmp_path, rng, monkeypatch):
   np.savez_compressed(tmp_path / "s.npz", images)
   source = NumpyFileSource(tmp_path / "s.npz")  # The only array, 'arr_0'.
   opened = []
-  original = sources._StreamReader._reopen
-  monkeypatch.setattr(sources._StreamReader, "_reopen",
+  original = sources.arrays.StreamReader._reopen
+  monkeypatch.setattr(sources.arrays.StreamReader, "_reopen",
                       lambda self: (opened.append(1), original(self))[1])
   for start in range(0, 10, 2):
     source.read(start, start + 2)
@@ -437,9 +437,9 @@ def test_nifti_single_file_slices_and_volume_cache(tmp_path, rng, monkeypatch):
   source = open_source(tmp_path / "t1.nii.gz", nifti_slice_axis=2)
   assert source.ids() == [f"t1.nii.gz:{k}" for k in range(8)]
   loads = []
-  original = sources._load_nifti
-  monkeypatch.setattr(sources, "_load_nifti", lambda entry: (loads.append(entry.path),
-                                                             original(entry))[1])
+  original = sources.folders._load_nifti
+  monkeypatch.setattr(sources.folders, "_load_nifti",
+                      lambda entry: (loads.append(entry.path), original(entry))[1])
   np.testing.assert_array_equal(source.read(2, 6), np.moveaxis(volume[:, :, 2:6], 2, 0))
   np.testing.assert_array_equal(source.read(6, 8), np.moveaxis(volume[:, :, 6:8], 2, 0))
   assert len(loads) == 1  # Loaded once, then cached.
