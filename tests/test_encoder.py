@@ -1,6 +1,8 @@
 """The encoder: ResNet-50's parameter count, Dar et al.'s 3D head, identity blocks at init,
 embeddings independent of the batch, shapes in 2D and 3D, and configuration errors."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,12 +91,39 @@ def random_weights(build, seed=1):
   return nnx.merge(graphdef, jax.tree.map(draw, state))
 
 
-def small_encoder(spatial, channels=2, pool="mean", antialias=False):
+def small_encoder(spatial, channels=2, pool="mean", antialias=False, dtype=jnp.float32):
   return random_weights(lambda: Encoder(
       in_channels=channels, spatial_shape=spatial, stem_channels=8, stem_kernel=3,
       stem_stride=2, stem_pool=True, stage_channels=(8, 16), stage_blocks=(1, 2), pool=pool,
-      flatten_channels=4, head_hidden=16, embedding_dim=6, antialias=antialias,
+      flatten_channels=4, head_hidden=16, embedding_dim=6, antialias=antialias, dtype=dtype,
       rngs=nnx.Rngs(0)))
+
+
+def convolution_dtypes(function, *args):
+  """The element types of every convolution's (input, kernel, output) in `function`'s program."""
+  text = jax.jit(function).lower(*args).as_text()
+  return [tuple(t.rsplit("x", 1)[-1] for t in types) for types in re.findall(
+      r"stablehlo\.convolution.*: \(tensor<([^>]*)>, tensor<([^>]*)>\) -> tensor<([^>]*)>", text)]
+
+
+@pytest.mark.parametrize("pool", ["mean", "flatten"])
+def test_bfloat16_trunk_computes_in_bfloat16_near_float32(pool):
+  x = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 2)).astype(np.float32)
+  models = {dtype: small_encoder((16, 16), pool=pool, antialias=True, dtype=dtype)
+            for dtype in (jnp.float32, jnp.bfloat16)}  # the same random weights
+  outputs = {}
+  for dtype, model in models.items():
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {
+        np.dtype(np.float32)}
+    graphdef, state = nnx.split(model)
+    types = convolution_dtypes(lambda s, g=graphdef: nnx.merge(g, s)(x), state)
+    compute = "bf16" if dtype == jnp.bfloat16 else "f32"
+    assert len(types) >= 6 and set(types) == {(compute,) * 3}, types
+    outputs[dtype] = np.asarray(jax.jit(lambda s, g=graphdef: nnx.merge(g, s)(x))(state))
+  assert outputs[jnp.bfloat16].dtype == np.float32
+  want, got = outputs[jnp.float32], outputs[jnp.bfloat16]
+  error = np.linalg.norm(got - want) / np.linalg.norm(want)
+  assert 0 < error < 2e-2, error
 
 
 @pytest.mark.parametrize("dims", [2, 3])

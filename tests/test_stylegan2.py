@@ -7,6 +7,7 @@ use 8x8 images and tiny networks so that their steps compile in seconds.
 """
 
 import pathlib
+import re
 
 from flax import nnx
 import jax
@@ -264,6 +265,50 @@ def test_loading_names_what_does_not_fit(reference):
 # Training.
 
 SIZE = 8
+
+
+def convolution_dtypes(function, *args):
+  """The element types of every convolution's (input, kernel, output) in `function`'s program."""
+  text = jax.jit(function).lower(*args).as_text()
+  return [tuple(t.rsplit("x", 1)[-1] for t in types) for types in re.findall(
+      r"stablehlo\.convolution.*: \(tensor<([^>]*)>, tensor<([^>]*)>\) -> tensor<([^>]*)>", text)]
+
+
+def test_bfloat16_generator_and_discriminator_compute_in_bfloat16_near_float32():
+  common = dict(img_resolution=16, img_channels=2, channel_base=128, channel_max=16,
+                conv_clamp=256)
+  z = jax.random.normal(jax.random.key(0), (4, 16))
+  outputs = {}
+  for dtype, compute in ((jnp.float32, "f32"), (jnp.bfloat16, "bf16")):
+    # The same seeds: the same float32 parameters.
+    generator = sg.Generator(z_dim=16, w_dim=16, mapping_layers=2, dtype=dtype,
+                             rngs=nnx.Rngs(0), **common)
+    discriminator = sg.Discriminator(mbstd_group_size=2, dtype=dtype, rngs=nnx.Rngs(1), **common)
+    for model in (generator, discriminator):
+      assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {
+          np.dtype(np.float32)}
+    g_def, g_state = nnx.split(generator)
+    d_def, d_state = nnx.split(discriminator)
+
+    def generate(state, g_def=g_def):
+      return nnx.merge(g_def, state)(z, noise_mode="const")
+
+    def discriminate(state, images, d_def=d_def):
+      return nnx.merge(d_def, state)(images)
+
+    images = jax.jit(generate)(g_state)
+    logits = jax.jit(discriminate)(d_state, images)
+    assert images.dtype == logits.dtype == jnp.float32
+    outputs[compute] = np.asarray(images), np.asarray(logits)
+    g_types = convolution_dtypes(generate, g_state)
+    assert len(g_types) == 8 and set(g_types) == {(compute,) * 3}, g_types
+    # D's blocks in the compute dtype, its 4x4 epilogue's convolution in float32.
+    d_types = convolution_dtypes(discriminate, d_state, images)
+    assert len(d_types) == 8 and d_types[:-1] == [(compute,) * 3] * 7, d_types
+    assert d_types[-1] == ("f32",) * 3
+  for want, got in zip(outputs["f32"], outputs["bf16"]):
+    error = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert 0 < error < 2e-2, error
 
 
 def make_config(**overrides):

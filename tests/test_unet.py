@@ -3,6 +3,7 @@ attention placement, configuration errors, and a jitted gradient step on a shard
 
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -166,6 +167,26 @@ def test_bfloat16_compute_stays_near_float32(tiny_model):
   expected, got = np.asarray(forward(reference, x, t)), forward(low, x, t)
   assert got.dtype == jnp.float32 and low.input_conv.kernel.dtype == jnp.float32
   assert np.abs(np.asarray(got) - expected).max() < 0.05 * np.abs(expected).max()
+
+
+def convolution_dtypes(function, *args):
+  """The element types of every convolution's (input, kernel, output) in `function`'s program."""
+  text = jax.jit(function).lower(*args).as_text()
+  return [tuple(t.rsplit("x", 1)[-1] for t in types) for types in re.findall(
+      r"stablehlo\.convolution.*: \(tensor<([^>]*)>, tensor<([^>]*)>\) -> tensor<([^>]*)>", text)]
+
+
+def test_bfloat16_convolutions_run_in_bfloat16_and_the_output_is_float32(tiny_model):
+  x, t = images((2, 16, 16, 1)), jnp.array([5, 900], jnp.int32)
+  for model, compute in ((tiny_unet(dtype=jnp.bfloat16), "bf16"), (tiny_model, "f32")):
+    graphdef, state = nnx.split(model)
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert {p.dtype for p in params} == {np.dtype(np.float32)}
+    types = convolution_dtypes(lambda s, g=graphdef: nnx.merge(g, s)(x, t), state)
+    assert len(types) > 5
+    # All but the zero-initialised output convolution, which stays float32.
+    assert types[:-1] == [(compute,) * 3] * (len(types) - 1), types
+    assert types[-1] == ("f32",) * 3
 
 
 def numpy_group_norm(x, groups, eps=1e-5):

@@ -43,14 +43,18 @@ def _group_norm(channels: int, *, zero_init: bool = False, rngs: nnx.Rngs) -> nn
   return nnx.GroupNorm(
       channels, num_groups=math.gcd(GROUP_NORM_GROUPS, channels),
       scale_init=nnx.initializers.zeros_init() if zero_init else nnx.initializers.ones_init(),
-      rngs=rngs)
+      dtype=jnp.float32, rngs=rngs)
 
 
 def _conv(in_channels: int, out_channels: int, dims: int, kernel_size: int, stride: int = 1, *,
-          rngs: nnx.Rngs) -> nnx.Conv:
-  """A bias-free `dims`-D convolution with 'SAME' padding (a norm follows every one)."""
+          dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Conv:
+  """A bias-free `dims`-D convolution with 'SAME' padding (a norm follows every one).
+
+  It computes in `dtype` (float32 weights cast); the norm after it computes in float32.
+  """
   return nnx.Conv(in_channels, out_channels, (kernel_size,) * dims, (stride,) * dims,
-                  padding="SAME", use_bias=False, kernel_init=_kernel_init, rngs=rngs)
+                  padding="SAME", use_bias=False, kernel_init=_kernel_init, dtype=dtype,
+                  rngs=rngs)
 
 
 def blur_pool(x: jax.Array, dims: int) -> jax.Array:
@@ -73,14 +77,15 @@ def blur_pool(x: jax.Array, dims: int) -> jax.Array:
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int, dims: int, antialias: bool,
-              rngs: nnx.Rngs) -> nnx.Sequential | None:
+              dtype, rngs: nnx.Rngs) -> nnx.Sequential | None:
   """A residual block's 1x1 conv + GN projection of its input, or None where shapes agree.
 
   With `antialias`, a stride-2 shortcut blur-pools first and convolves at stride 1.
   """
   if stride == 1 and in_channels == out_channels:
     return None
-  layers = [_conv(in_channels, out_channels, dims, 1, 1 if antialias else stride, rngs=rngs),
+  layers = [_conv(in_channels, out_channels, dims, 1, 1 if antialias else stride, dtype=dtype,
+                  rngs=rngs),
             _group_norm(out_channels, rngs=rngs)]
   if antialias and stride != 1:
     layers.insert(0, lambda x: blur_pool(x, dims))
@@ -95,15 +100,16 @@ class BasicBlock(nnx.Module):
   """
 
   def __init__(self, in_channels: int, channels: int, stride: int, *, dims: int,
-               antialias: bool = False, rngs: nnx.Rngs):
+               antialias: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
     self.dims = dims
     self.blur = antialias and stride != 1
-    self.conv1 = _conv(in_channels, channels, dims, 3, 1 if self.blur else stride, rngs=rngs)
+    self.conv1 = _conv(in_channels, channels, dims, 3, 1 if self.blur else stride, dtype=dtype,
+                       rngs=rngs)
     self.norm1 = _group_norm(channels, rngs=rngs)
-    self.conv2 = _conv(channels, channels, dims, 3, rngs=rngs)
+    self.conv2 = _conv(channels, channels, dims, 3, dtype=dtype, rngs=rngs)
     self.norm2 = _group_norm(channels, zero_init=True, rngs=rngs)
     self.out_channels = channels
-    self.shortcut = _shortcut(in_channels, channels, stride, dims, antialias, rngs)
+    self.shortcut = _shortcut(in_channels, channels, stride, dims, antialias, dtype, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = nnx.relu(self.norm1(self.conv1(x)))
@@ -120,18 +126,19 @@ class BottleneckBlock(nnx.Module):
   """
 
   def __init__(self, in_channels: int, channels: int, stride: int, *, dims: int,
-               antialias: bool = False, rngs: nnx.Rngs):
+               antialias: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
     out_channels = channels * BOTTLENECK_EXPANSION
     self.dims = dims
     self.blur = antialias and stride != 1
-    self.conv1 = _conv(in_channels, channels, dims, 1, rngs=rngs)
+    self.conv1 = _conv(in_channels, channels, dims, 1, dtype=dtype, rngs=rngs)
     self.norm1 = _group_norm(channels, rngs=rngs)
-    self.conv2 = _conv(channels, channels, dims, 3, 1 if self.blur else stride, rngs=rngs)
+    self.conv2 = _conv(channels, channels, dims, 3, 1 if self.blur else stride, dtype=dtype,
+                       rngs=rngs)
     self.norm2 = _group_norm(channels, rngs=rngs)
-    self.conv3 = _conv(channels, out_channels, dims, 1, rngs=rngs)
+    self.conv3 = _conv(channels, out_channels, dims, 1, dtype=dtype, rngs=rngs)
     self.norm3 = _group_norm(out_channels, zero_init=True, rngs=rngs)
     self.out_channels = out_channels
-    self.shortcut = _shortcut(in_channels, out_channels, stride, dims, antialias, rngs)
+    self.shortcut = _shortcut(in_channels, out_channels, stride, dims, antialias, dtype, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = nnx.relu(self.norm1(self.conv1(x)))
@@ -165,6 +172,8 @@ class Encoder(nnx.Module):
     antialias: blur-pool every stride of 2 (Zhang 2019): strided convs run at stride 1 and
       their output is blurred with a [1, 2, 1] binomial before every other pixel is kept, so
       that a shift by a pixel barely changes the embedding (4x the strided layers' compute).
+    dtype: the trunk's convolutions compute in it (mixed precision with bfloat16); parameters,
+      norms, the pooled features and the head are float32.
   """
 
   def __init__(self, *, in_channels: int, spatial_shape: Sequence[int], stem_channels: int = 64,
@@ -172,7 +181,8 @@ class Encoder(nnx.Module):
                stage_channels: Sequence[int] = (64, 128, 256, 512),
                stage_blocks: Sequence[int] = (2, 2, 2, 2), block: str = "basic",
                pool: str = "mean", flatten_channels: int = 8, head_hidden: int = 512,
-               embedding_dim: int = 128, antialias: bool = False, rngs: nnx.Rngs):
+               embedding_dim: int = 128, antialias: bool = False, dtype=jnp.float32,
+               rngs: nnx.Rngs):
     spatial_shape = tuple(int(s) for s in spatial_shape)
     dims = len(spatial_shape)
     if dims not in (2, 3):
@@ -196,7 +206,7 @@ class Encoder(nnx.Module):
       raise ValueError(f"model.antialias blur-pools strides of 2, not model.stem_stride="
                        f"{stem_stride}")
     self.stem = _conv(in_channels, stem_channels, dims, stem_kernel,
-                      1 if self.stem_blur else stem_stride, rngs=rngs)
+                      1 if self.stem_blur else stem_stride, dtype=dtype, rngs=rngs)
     self.stem_norm = _group_norm(stem_channels, rngs=rngs)
     grid = [_downsampled(s, stem_stride) for s in spatial_shape]
     if stem_pool:
@@ -210,11 +220,11 @@ class Encoder(nnx.Module):
         if stride == 2:
           grid = [_downsampled(s, 2) for s in grid]
         blocks.append(block_class(channels, int(width), stride, dims=dims, antialias=antialias,
-                                  rngs=rngs))
+                                  dtype=dtype, rngs=rngs))
         channels = blocks[-1].out_channels
     self.blocks = nnx.List(blocks)
     self.pool = pool
-    self.flatten_conv = (nnx.Conv(channels, flatten_channels, (1,) * dims, rngs=rngs)
+    self.flatten_conv = (nnx.Conv(channels, flatten_channels, (1,) * dims, dtype=dtype, rngs=rngs)
                          if pool == "flatten" else None)
     features = flatten_channels * math.prod(grid) if pool == "flatten" else channels
     self.feature_grid = tuple(grid)
@@ -239,9 +249,9 @@ class Encoder(nnx.Module):
     for block in self.blocks:
       h = block(h)
     if self.flatten_conv is None:
-      return jnp.mean(h, axis=tuple(range(1, 1 + self.dims)))
+      return jnp.mean(h.astype(jnp.float32), axis=tuple(range(1, 1 + self.dims)))
     h = self.flatten_conv(h)
-    return h.reshape(h.shape[0], -1)
+    return h.reshape(h.shape[0], -1).astype(jnp.float32)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = self.features(x)

@@ -15,8 +15,10 @@ layer's [out, in]; `synthesis.b8.conv0.affine.weight`), so that `load_torch_stat
 stylegan2-ada-pytorch state dict in without reshaping anything, and every border, padding and
 filter flip follows the reference's `conv2d_resample` and `upfirdn2d`. Modulation is applied to
 the activations rather than folded into per-sample weights (the reference's `fused_modconv=False`
-path; the same function, one ordinary convolution per layer for the whole batch). Half precision
-(`num_fp16_res`) is not implemented: everything is float32.
+path; the same function, one ordinary convolution per layer for the whole batch). Mixed precision
+is `dtype` (G's and D's convolutions, their activations and FIR filters, at every resolution,
+unlike the reference's `num_fp16_res` top resolutions only); the parameters, the mapping network,
+the affine styles, demodulation, the image summed over toRGBs and D's 4x4 epilogue stay float32.
 """
 
 from __future__ import annotations
@@ -278,15 +280,18 @@ def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array,
   Each image's input channels are scaled by its styles (N, in); with `demodulate`, each output
   channel is then divided by the norm of its modulated weights, sqrt(sum_{i,k} (s_i w_oik)^2 +
   1e-8), so that activations keep unit variance. `noise` (N, H, W, 1) is added after.
+  The convolution runs in x's dtype; the demodulation coefficients are computed in float32.
   """
-  x = x * styles[:, None, None, :]
-  x = conv2d_resample(x, weight, taps, up=up, padding=padding, flip_weight=flip_weight)
+  dtype = x.dtype
+  x = x * styles.astype(dtype)[:, None, None, :]
+  x = conv2d_resample(x, weight.astype(dtype), taps, up=up, padding=padding,
+                      flip_weight=flip_weight)
   if demodulate:
     squared = jnp.sum(jnp.square(weight), axis=(2, 3))  # [out, in]
     coefficients = lax.rsqrt(jnp.square(styles) @ squared.T + 1e-8)  # (N, out)
-    x = x * coefficients[:, None, None, :]
+    x = x * coefficients.astype(dtype)[:, None, None, :]
   if noise is not None:
-    x = x + noise
+    x = x + noise.astype(dtype)
   return x
 
 
@@ -320,8 +325,9 @@ class Conv2dLayer(nnx.Module):
 
   def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, bias: bool = True,
                activation: str = "linear", down: int = 1, conv_clamp: float | None = None,
-               rngs: nnx.Rngs):
+               dtype=jnp.float32, rngs: nnx.Rngs):
     self.activation = activation
+    self.dtype = dtype  # of the computation and the output
     self.down = down
     self.padding = kernel_size // 2
     self.conv_clamp = conv_clamp
@@ -332,12 +338,13 @@ class Conv2dLayer(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32)) if bias else None
 
   def __call__(self, x: jax.Array, gain: float = 1.0) -> jax.Array:
-    x = conv2d_resample(x, self.weight[...] * self.weight_gain, self.taps, down=self.down,
+    weight = (self.weight[...] * self.weight_gain).astype(self.dtype)
+    x = conv2d_resample(x.astype(self.dtype), weight, self.taps, down=self.down,
                         padding=self.padding, flip_weight=True)
     default = SQRT2 if self.activation == "lrelu" else 1.0
     clamp = None if self.conv_clamp is None else self.conv_clamp * gain
-    return bias_act(x, None if self.bias is None else self.bias[...], self.activation,
-                    gain=default * gain, clamp=clamp)
+    return bias_act(x, None if self.bias is None else self.bias[...].astype(x.dtype),
+                    self.activation, gain=default * gain, clamp=clamp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,7 +398,7 @@ class MappingNetwork(nnx.Module):
 
 
 class SynthesisLayer(nnx.Module):
-  """Modulated 3x3 convolution (optionally x2 up-sampling), noise, bias, leaky ReLU."""
+  """Modulated 3x3 convolution (optionally x2 up-sampling), noise, bias, leaky ReLU: x's dtype."""
 
   def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, *,
                up: int = 1, conv_clamp: float | None = None, rngs: nnx.Rngs):
@@ -409,7 +416,7 @@ class SynthesisLayer(nnx.Module):
     noise = None
     if noise_mode == "random":
       shape = (x.shape[0], self.resolution, self.resolution, 1)
-      noise = jax.random.normal(key, shape, x.dtype) * self.noise_strength[...]
+      noise = jax.random.normal(key, shape) * self.noise_strength[...]
     elif noise_mode == "const":
       noise = (self.noise_const[...] * self.noise_strength[...])[None, :, :, None]
     elif noise_mode != "none":
@@ -417,11 +424,11 @@ class SynthesisLayer(nnx.Module):
     x = modulated_conv2d(x, self.weight[...], styles, noise, up=self.up, padding=1,
                          taps=self.taps, flip_weight=self.up == 1)
     clamp = None if self.conv_clamp is None else self.conv_clamp * gain
-    return bias_act(x, self.bias[...], "lrelu", gain=SQRT2 * gain, clamp=clamp)
+    return bias_act(x, self.bias[...].astype(x.dtype), "lrelu", gain=SQRT2 * gain, clamp=clamp)
 
 
 class ToRGBLayer(nnx.Module):
-  """Modulated 1x1 convolution to image channels, without demodulation."""
+  """Modulated 1x1 convolution to image channels (in x's dtype), without demodulation: float32."""
 
   def __init__(self, in_channels: int, out_channels: int, w_dim: int, *,
                conv_clamp: float | None = None, rngs: nnx.Rngs):
@@ -433,7 +440,7 @@ class ToRGBLayer(nnx.Module):
 
   def __call__(self, x: jax.Array, w: jax.Array) -> jax.Array:
     styles = self.affine(w) * self.weight_gain
-    x = modulated_conv2d(x, self.weight[...], styles, demodulate=False)
+    x = modulated_conv2d(x, self.weight[...], styles, demodulate=False).astype(jnp.float32)
     return bias_act(x, self.bias[...], clamp=self.conv_clamp)
 
 
@@ -441,8 +448,10 @@ class SynthesisBlock(nnx.Module):
   """One resolution: (constant | conv0 up x2), conv1, the toRGB added to the up-sampled image."""
 
   def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
-               img_channels: int, *, conv_clamp: float | None = None, rngs: nnx.Rngs):
+               img_channels: int, *, conv_clamp: float | None = None, dtype=jnp.float32,
+               rngs: nnx.Rngs):
     self.in_channels = in_channels
+    self.dtype = dtype  # of the features; the image stays float32
     self.taps = fir_taps()
     if in_channels == 0:
       self.const = nnx.Param(jax.random.normal(rngs.params(), (out_channels, 4, 4)))
@@ -459,7 +468,7 @@ class SynthesisBlock(nnx.Module):
     keys = [None, None] if key is None else list(jax.random.split(key))
     if self.in_channels == 0:
       const = jnp.transpose(self.const[...], (1, 2, 0))
-      x = jnp.broadcast_to(const[None], (ws.shape[0], *const.shape))
+      x = jnp.broadcast_to(const[None], (ws.shape[0], *const.shape)).astype(self.dtype)
       x = self.conv1(x, ws[:, 0], noise_mode, keys[1])
     else:
       x = self.conv0(x, ws[:, 0], noise_mode, keys[0])
@@ -487,14 +496,14 @@ class SynthesisNetwork(nnx.Module):
 
   def __init__(self, w_dim: int, img_resolution: int, img_channels: int, *,
                channel_base: int = 32768, channel_max: int = 512,
-               conv_clamp: float | None = None, rngs: nnx.Rngs):
+               conv_clamp: float | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
     log2 = _check_resolution(img_resolution)
     self.block_resolutions = tuple(2**i for i in range(2, log2 + 1))
     self.num_ws = 0
     for res in self.block_resolutions:
       in_channels = _channels(channel_base, channel_max, res // 2) if res > 4 else 0
       block = SynthesisBlock(in_channels, _channels(channel_base, channel_max, res), w_dim, res,
-                             img_channels, conv_clamp=conv_clamp, rngs=rngs)
+                             img_channels, conv_clamp=conv_clamp, dtype=dtype, rngs=rngs)
       setattr(self, f"b{res}", block)
       self.num_ws += block.num_conv
     self.num_ws += 1  # The last toRGB.
@@ -519,12 +528,12 @@ class Generator(nnx.Module):
   def __init__(self, *, img_resolution: int, img_channels: int, z_dim: int = 512,
                w_dim: int = 512, mapping_layers: int = 8, mapping_lr_multiplier: float = 0.01,
                w_avg_beta: float = 0.995, channel_base: int = 32768, channel_max: int = 512,
-               conv_clamp: float | None = 256, rngs: nnx.Rngs):
+               conv_clamp: float | None = 256, dtype=jnp.float32, rngs: nnx.Rngs):
     self.z_dim, self.w_dim = z_dim, w_dim
     self.img_resolution, self.img_channels = img_resolution, img_channels
     self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels,
                                       channel_base=channel_base, channel_max=channel_max,
-                                      conv_clamp=conv_clamp, rngs=rngs)
+                                      conv_clamp=conv_clamp, dtype=dtype, rngs=rngs)
     self.num_ws = self.synthesis.num_ws
     self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, num_layers=mapping_layers,
                                   lr_multiplier=mapping_lr_multiplier, w_avg_beta=w_avg_beta,
@@ -549,16 +558,17 @@ class DiscriminatorBlock(nnx.Module):
   """A residual block: (fromRGB), conv0, conv1 down x2, plus a 1x1 down-sampled skip (1/sqrt2)."""
 
   def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, img_channels: int,
-               *, conv_clamp: float | None = None, rngs: nnx.Rngs):
+               *, conv_clamp: float | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
     self.in_channels = in_channels
     if in_channels == 0:
       self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu",
-                                 conv_clamp=conv_clamp, rngs=rngs)
+                                 conv_clamp=conv_clamp, dtype=dtype, rngs=rngs)
     self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu",
-                             conv_clamp=conv_clamp, rngs=rngs)
+                             conv_clamp=conv_clamp, dtype=dtype, rngs=rngs)
     self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation="lrelu", down=2,
-                             conv_clamp=conv_clamp, rngs=rngs)
-    self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2, rngs=rngs)
+                             conv_clamp=conv_clamp, dtype=dtype, rngs=rngs)
+    self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2, dtype=dtype,
+                            rngs=rngs)
 
   def __call__(self, x: jax.Array | None, img: jax.Array) -> jax.Array:
     if self.in_channels == 0:
@@ -602,6 +612,7 @@ class DiscriminatorEpilogue(nnx.Module):
     self.out = FullyConnected(in_channels, 1, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)  # At 4x4, in float32 whatever the blocks' dtype.
     if self.mbstd_num_channels:
       x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)
     x = self.conv(x)
@@ -614,7 +625,8 @@ class Discriminator(nnx.Module):
 
   def __init__(self, *, img_resolution: int, img_channels: int, channel_base: int = 32768,
                channel_max: int = 512, conv_clamp: float | None = 256,
-               mbstd_group_size: int = 4, mbstd_num_channels: int = 1, rngs: nnx.Rngs):
+               mbstd_group_size: int = 4, mbstd_num_channels: int = 1, dtype=jnp.float32,
+               rngs: nnx.Rngs):
     log2 = _check_resolution(img_resolution)
     self.img_resolution, self.img_channels = img_resolution, img_channels
     self.block_resolutions = tuple(2**i for i in range(log2, 2, -1))
@@ -623,7 +635,7 @@ class Discriminator(nnx.Module):
       setattr(self, f"b{res}", DiscriminatorBlock(
           channels if res < img_resolution else 0, channels,
           _channels(channel_base, channel_max, res // 2), img_channels, conv_clamp=conv_clamp,
-          rngs=rngs))
+          dtype=dtype, rngs=rngs))
     self.b4 = DiscriminatorEpilogue(_channels(channel_base, channel_max, 4),
                                     mbstd_group_size=mbstd_group_size,
                                     mbstd_num_channels=mbstd_num_channels,
