@@ -62,6 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = config_dict.placeholder(str)  # the family: "ddpm"
+  # Compute dtype of the models (U-Net, StyleGAN2's G and D, the encoder): "float32", or
+  # "bfloat16" on accelerators (mixed precision: parameters, optimizer state, normalization
+  # statistics and losses stay float32).
+  config.model.dtype = "float32"
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 1e-4

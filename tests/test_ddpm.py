@@ -6,9 +6,13 @@ little data, measured with the audit's own correlation search.
 """
 
 import json
+import pathlib
+import subprocess
+import sys
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,8 +21,10 @@ from memjax import parallel
 from memjax import workflows
 from memjax.data import pipeline
 from memjax.memorization import top_k_correlation
+from memjax.models import unet
 from memjax.train import ddpm
 from memjax.train import loop
+from memjax.train import timing
 
 NUM_IMAGES = 8
 SIZE = 8
@@ -87,6 +93,84 @@ def test_one_step_is_the_same_on_4_and_1_devices():
     assert len(got) == len(want) > 10
     for a, b in zip(got, want):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+
+
+def test_bfloat16_step_on_4_devices_keeps_float32_state_near_float32():
+  images = pipeline.to_unit_range(eight_images().repeat(2, axis=0))
+  results = {}
+  for dtype in ("float32", "bfloat16"):
+    config = make_config(**{"model.dtype": dtype, "optimizer.schedule": "constant",
+                            "optimizer.warmup_steps": 0})
+    compiled = loop.CompiledTrainer(ddpm.make_trainer(config), parallel.data_mesh(4),
+                                    images.shape[1:], seed=0)
+    rngs, state = compiled.init()
+    batch = {"image": jax.device_put(images, compiled.rows)}
+    metrics = []
+    for step in range(2):  # The first step's loss is the noise's: the U-Net starts at zero.
+      state, rngs, step_metrics = compiled.step(state, rngs, batch, step)
+      metrics.append({k: float(v) for k, v in jax.device_get(step_metrics).items()})
+    # Weights, Adam's moments: float32 whatever the compute dtype.
+    module = compiled.module(state, rngs)
+    for part in (module.model, module.optimizer):
+      floats = {leaf.dtype for leaf in jax.tree.leaves(nnx.state(part))
+                if jnp.issubdtype(leaf.dtype, jnp.floating)}
+      assert floats == {np.dtype(np.float32)}
+    results[dtype] = metrics
+  for want, got in zip(results["float32"], results["bfloat16"]):
+    for key in ("loss", "grad_norm"):
+      assert np.isfinite(got[key])
+      assert got[key] == pytest.approx(want[key], rel=2e-2), key
+  assert results["bfloat16"][0]["grad_norm"] != results["float32"][0]["grad_norm"]
+
+
+def test_time_to_first_step_reports_every_phase():
+  config = make_config(**{"optimizer.schedule": "constant", "optimizer.warmup_steps": 0})
+  figures = timing.time_to_first_step(config, (SIZE, SIZE, 1), timed_steps=2)
+  for key in ("trainer_s", "init_s", "first_step_s", "time_to_first_step_s", "steps_per_s",
+              "compile_s"):
+    assert figures[key] > 0, key
+  assert figures["time_to_first_step_s"] == pytest.approx(
+      figures["trainer_s"] + figures["init_s"] + figures["first_step_s"])
+  assert np.isfinite(figures["loss"]) and figures["devices"] == 4
+  assert figures["num_params"] == unet.count_parameters(
+      ddpm.make_model(config.model, (SIZE, SIZE, 1), nnx.Rngs(0)))
+
+
+def test_timing_needs_no_data_pipeline_config_library_or_tensorboard():
+  # What a bare GPU machine lacks: tools/gpu_check.py times the paper's DDPM without them.
+  lacking = ("ml_collections", "grain", "array_record", "tensorboardX", "nibabel", "diffusers",
+             "tensorflow_datasets", "tqdm")
+  script = (
+      "import importlib.abc, sys\n"
+      "class Lacking(importlib.abc.MetaPathFinder):\n"
+      "  def find_spec(self, name, path, target=None):\n"
+      f"    if name.split('.')[0] in {lacking!r}: raise ImportError(name)\n"
+      "sys.meta_path.insert(0, Lacking())\n"
+      "from memjax.train import timing\n"
+      "config = timing.paper_ddpm_config(batch_size=2)\n"
+      "config.model.channel_mult = (1,); config.model.attention_resolutions = ()\n"
+      "config.model.num_res_blocks = 1\n"
+      "figures = timing.time_to_first_step(config, (8, 8, 1), num_devices=1, timed_steps=1)\n"
+      "print(type(config).__name__, figures['dtype'], figures['loss'] > 0)\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=pathlib.Path(__file__).resolve().parent.parent, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ["Options", "float32", "True"]
+
+
+def test_paper_ddpm_config_is_configs_cxr_ddpm():
+  from configs import cxr_ddpm  # pylint: disable=g-import-not-at-top
+  want, got = cxr_ddpm.get_config(), timing.paper_ddpm_config()
+  for section in ("model", "diffusion", "sample", "optimizer"):
+    for key, value in got[section].items():
+      assert want[section][key] == value, f"{section}.{key}"
+  for key in ("batch_size", "ema_decay", "num_train_steps", "seed"):
+    assert want[key] == got[key], key
+
+
+def test_compute_dtype_is_checked():
+  with pytest.raises(ValueError, match="model.dtype must be one of"):
+    ddpm.make_model(make_config(**{"model.dtype": "float16"}).model, (8, 8, 1), nnx.Rngs(0))
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ resume as without, orbax's temporary folders never read, the loss falling, the s
 """
 
 import collections
+import os
 import pathlib
 import signal
 import struct
@@ -291,3 +292,38 @@ def test_learning_rate_schedules():
   with pytest.raises(ValueError, match="schedule"):
     loop.learning_rate_schedule(options, 100)
 
+
+
+def test_compilation_cache_lives_in_the_work_dir_unless_one_is_set(tmp_path):
+  # This session's cache (tests/conftest.py sets JAX_COMPILATION_CACHE_DIR) is left alone.
+  loop.use_compilation_cache(tmp_path / "run")
+  assert jax.config.jax_compilation_cache_dir == os.environ["JAX_COMPILATION_CACHE_DIR"]
+  assert not (tmp_path / "run" / loop.COMPILATION_CACHE).exists()
+  # Without one, a run's compiled programs go to workdir/.xla_cache, even after an earlier
+  # compilation decided that no cache was in use.
+  script = (
+      "import sys, jax, jax.numpy as jnp\n"
+      "from memjax.train import loop\n"
+      "jax.jit(jnp.sin)(1.0)\n"
+      "loop.use_compilation_cache(sys.argv[1])\n"
+      "jax.jit(lambda x: jnp.cos(x) * 3)(jnp.ones(7)).block_until_ready()\n"
+      "print(jax.config.jax_compilation_cache_dir, "
+      "jax.config.jax_persistent_cache_min_compile_time_secs)\n")
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_PERSISTENT_CACHE")}
+  del env["JAX_COMPILATION_CACHE_DIR"]
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # explicit: kept as it is
+  result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], env=env,
+                          cwd=TESTS.parent, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  cache = tmp_path / "run" / loop.COMPILATION_CACHE
+  assert result.stdout.split() == [str(cache), "0.0"]
+  assert any(cache.iterdir())
+
+
+def test_learning_rate_is_logged_without_compiling_per_log():
+  trainer = make_trainer(make_config())
+  compiled = loop.CompiledTrainer(trainer, loop.auto_axes(jax.make_mesh((1,), ("data",))),
+                                  SHAPE, seed=0)
+  for step in (0, 5, 11):
+    assert float(compiled.learning_rate(step)) == pytest.approx(float(trainer.learning_rate(step)))
+  assert compiled.learning_rate._cache_size() == 1

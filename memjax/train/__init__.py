@@ -7,8 +7,11 @@ loop.py (mesh, steps, EMA, checkpoints, metrics, sampling).
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-import ml_collections
+if TYPE_CHECKING:  # Configs are only read: a bare machine may lack ml_collections.
+  import ml_collections
+
 
 # Model name -> the module whose make_trainer(config) builds its loop.Trainer.
 FAMILIES = {

@@ -32,12 +32,11 @@ import itertools
 import json
 import math
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -45,6 +44,9 @@ from memjax import parallel
 from memjax.data import pipeline
 from memjax.models import encoder as encoder_lib
 from memjax.train import loop
+
+if TYPE_CHECKING:  # Configs are only read: a bare machine may lack ml_collections.
+  import ml_collections
 
 NAME = "contrastive"
 CONFIG_FILE = loop.CONFIG_FILE
@@ -195,7 +197,8 @@ def make_model(options: ml_collections.ConfigDict, image_shape: tuple[int, ...],
       stage_channels=tuple(options.stage_channels), stage_blocks=tuple(options.stage_blocks),
       block=options.block, pool=options.pool, flatten_channels=int(options.flatten_channels),
       head_hidden=int(options.head_hidden), embedding_dim=int(options.embedding_dim),
-      antialias=bool(options.get("antialias", False)), rngs=rngs)
+      antialias=bool(options.get("antialias", False)), dtype=loop.compute_dtype(options),
+      rngs=rngs)
 
 
 def train_step(state: loop.TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
@@ -321,6 +324,7 @@ def load_embedder(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
       raise FileNotFoundError(f"{path} does not exist: give the encoder's config, or train it "
                               "with python launch.py --config=configs/demo_contrastive.py "
                               f"--workdir={workdir}")
+    import ml_collections  # pylint: disable=g-import-not-at-top
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
   compiled, state, rngs, step, meta = loop.restore(config, workdir, make_trainer(config),
                                                     mesh=mesh, step=step)

@@ -13,15 +13,18 @@ the same ones.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 from flax import nnx
 import jax
-import ml_collections
 import optax
 
 from memjax.models import diffusion as diffusion_lib
 from memjax.models import unet
 from memjax.train import loop
+
+if TYPE_CHECKING:  # Configs are only read: a bare machine may lack ml_collections.
+  import ml_collections
 
 NAME = "ddpm"
 
@@ -36,7 +39,8 @@ def make_model(options: ml_collections.ConfigDict, image_shape: tuple[int, ...],
       num_res_blocks=int(options.num_res_blocks),
       attention_resolutions=tuple(options.attention_resolutions),
       num_head_channels=int(options.num_head_channels), dropout=float(options.dropout),
-      dims=len(image_shape) - 1, image_size=int(image_shape[-2]), rngs=rngs)
+      dims=len(image_shape) - 1, image_size=int(image_shape[-2]),
+      dtype=loop.compute_dtype(options), rngs=rngs)
 
 
 def make_diffusion(config: ml_collections.ConfigDict) -> diffusion_lib.GaussianDiffusion:

@@ -31,20 +31,25 @@ import math
 import os
 import pathlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from memjax import parallel
-from memjax.data import pipeline
+
+if TYPE_CHECKING:  # Configs are only read here; a bare machine may lack ml_collections.
+  import ml_collections
+
+# The input pipeline (grain, array_record), TensorBoard, tqdm and orbax are imported where they
+# are used, so that building and stepping a `CompiledTrainer` on synthetic batches needs none.
 
 CHECKPOINTS = "checkpoints"
+COMPILATION_CACHE = ".xla_cache"  # JAX's persistent compilation cache, inside the work dir
 CONFIG_FILE = "config.json"  # the run's config, beside its checkpoints
 EVENTS = "events"
 GRIDS = "grids"
@@ -115,6 +120,21 @@ class TrainState(nnx.Module):
   def sampling_model(self) -> nnx.Module:
     """The EMA weights when kept, else the trained ones."""
     return self.model if self.ema is None else self.ema
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(options: ml_collections.ConfigDict) -> jnp.dtype:
+  """The models' compute dtype, `options.dtype` (config.model.dtype; float32 when unset).
+
+  Mixed precision: with "bfloat16" the convolutions and matrix products run in bfloat16 while
+  parameters, optimizer state, normalization statistics and losses stay float32.
+  """
+  name = options.get("dtype") or "float32"
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"--config.model.dtype must be one of {COMPUTE_DTYPES}, not {name!r}")
+  return jnp.dtype(name)
 
 
 def learning_rate_schedule(options: ml_collections.ConfigDict,
@@ -351,6 +371,28 @@ def auto_axes(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
 
 
+# XLA options for programs that run once, where compiling dominates: LLVM's optimizations off.
+_QUICK_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def use_compilation_cache(workdir: str | pathlib.Path) -> None:
+  """Keeps compiled programs in `workdir/.xla_cache`, so that a re-run or a resume skips compiling.
+
+  JAX's persistent compilation cache, for programs that took over half a second to compile. A
+  cache directory set already (JAX_COMPILATION_CACHE_DIR, or jax.config) is left as it is.
+  """
+  if jax.config.jax_compilation_cache_dir:
+    return
+  # pylint: disable-next=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache
+  jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(workdir).absolute() /
+                                                     COMPILATION_CACHE))
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  # JAX decides once per process whether a cache is used; make it look again.
+  compilation_cache.reset_cache()
+
+
 class CompiledTrainer:
   """A trainer's state on a mesh, as the pure arrays that jit takes and checkpoints hold.
 
@@ -369,13 +411,20 @@ class CompiledTrainer:
     self.replicated = parallel.replicated(mesh)
     self.rows = parallel.rows_sharding(mesh)
     shape = self.image_shape
+    self.learning_rate = (None if trainer.learning_rate is None else
+                          jax.jit(trainer.learning_rate))  # One program, not one per log.
+    graphs = []
 
     def init(key):
-      _, rngs, state = nnx.split(trainer.init_state(key, shape), nnx.RngState, ...)
+      graphdef, rngs, state = nnx.split(trainer.init_state(key, shape), nnx.RngState, ...)
+      graphs.append(graphdef)
       return rngs, state
 
-    self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: trainer.init_state(self.keys.init, shape)))
-    self._init = jax.jit(init, out_shardings=self.replicated)
+    # Building the state is traced once: that trace gives the graph (static), the shapes that a
+    # checkpoint restores into and the program `init` compiles on first use.
+    self._init = jax.jit(init, out_shardings=self.replicated).trace(self.keys.init)
+    self._initialize = None
+    self.graphdef = graphs[0]
 
     def step(state, rngs, batch, train_key, variant):
       module = nnx.merge(self.graphdef, rngs, state)
@@ -397,13 +446,15 @@ class CompiledTrainer:
 
   def init(self) -> tuple[nnx.State, nnx.State]:
     """(rng streams, state) of a fresh run, from the init key."""
-    return self._init(self.keys.init)
+    if self._initialize is None:
+      # It runs once per process and draws every weight's random numbers separately: compiled
+      # for the compiler's speed (3x faster than at full optimization), not its own.
+      self._initialize = self._init.lower().compile(_QUICK_COMPILE)
+    return self._initialize(self.keys.init)
 
   def abstract_state(self) -> nnx.State:
     """The checkpointed state's shapes, dtypes and shardings, to restore into."""
-    _, _, state = nnx.split(
-        nnx.eval_shape(lambda: self.trainer.init_state(self.keys.init, self.image_shape)),
-        nnx.RngState, ...)
+    _, state = self._init.out_info
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), state)
 
@@ -642,7 +693,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, traine
   Returns:
     The final state, its step and the last logged metrics.
   """
+  from memjax.data import pipeline  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
+  use_compilation_cache(workdir)
   mesh = auto_axes(mesh or parallel.data_mesh(config.get("num_devices") or None))
   data = data or open_training_data(config.data)
   factor = int(config.data.get("downsample", 1))
@@ -702,7 +755,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, traine
         extra = {"steps_per_second": steps_per_second,
                  "images_per_second": steps_per_second * batch_size}
         if trainer.learning_rate is not None:
-          extra["learning_rate"] = float(trainer.learning_rate(step - 1))
+          extra["learning_rate"] = float(compiled.learning_rate(step - 1))
         last = metrics.flush(step, values, extra)
         progress.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss",)},
                              refresh=False)
@@ -711,8 +764,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, traine
         tick, tick_step = time.perf_counter(), step
       if step % checkpoint_every == 0 or step == num_steps:
         _save(manager, step, state, batches.get_state(), meta)
+      # A grid every sample_every steps, and at the end of a run that long (a short smoke run
+      # compiles no sampler).
       if trainer.generate is not None and sample_every and (
-          step % sample_every == 0 or step == num_steps):
+          step % sample_every == 0 or (step == num_steps and step >= sample_every)):
         images = parallel.to_host(compiled.generate(state, rngs, compiled.keys.grid, grid_size))
         if primary:
           save_grid(workdir / GRIDS / f"step_{step:08d}.png", images)
@@ -737,6 +792,7 @@ def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, trai
   Returns (compiled, state, rngs, step, meta).
   """
   workdir = pathlib.Path(workdir)
+  use_compilation_cache(workdir)
   mesh = mesh or parallel.data_mesh(config.get("num_devices") or None)
   step, meta = read_checkpoint_meta(workdir, step)
   if meta.get("trainer") != trainer.name:
@@ -769,6 +825,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, train
   Returns:
     The samples folder.
   """
+  from memjax.data import pipeline  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   compiled, state, rngs, step, meta = restore(config, workdir, trainer, mesh=mesh)
   count = int(config.num_samples)

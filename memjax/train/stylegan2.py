@@ -27,16 +27,19 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from memjax.models import stylegan2 as stylegan2_lib
 from memjax.train import augment as augment_lib
 from memjax.train import loop
+
+if TYPE_CHECKING:  # Configs are only read: a bare machine may lack ml_collections.
+  import ml_collections
 
 NAME = "stylegan2"
 
@@ -69,7 +72,7 @@ def make_models(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
   g_key, d_key = jax.random.split(key)
   common = dict(img_resolution=int(image_shape[0]), img_channels=int(image_shape[-1]),
                 channel_base=int(options.channel_base), channel_max=int(options.channel_max),
-                conv_clamp=options.get("conv_clamp"))
+                conv_clamp=options.get("conv_clamp"), dtype=loop.compute_dtype(options))
   generator = stylegan2_lib.Generator(
       z_dim=int(options.z_dim), w_dim=int(options.w_dim), mapping_layers=int(options.map_layers),
       mapping_lr_multiplier=float(options.mapping_lr_multiplier), rngs=nnx.Rngs(params=g_key),
