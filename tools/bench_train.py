@@ -11,7 +11,10 @@ of the weights. memjax runs `memjax.train.ddpm`'s step through the shared loop's
 (one device); PyTorch runs diffusers' `UNet2DModel` configured as guided-diffusion's UNetModel
 (the layout memjax's U-Net follows), whose parameter count is printed beside memjax's to show
 that the two networks match. Each side is warmed up (compilation, allocator), then timed over
---steps steps; the figure is steps per second and the ratio memjax / PyTorch.
+--steps steps; the figure is steps per second and the ratio memjax / PyTorch. PyTorch runs on
+the GPU when it sees one. --dtype=bfloat16 compares mixed precision: memjax with
+config.model.dtype=bfloat16, PyTorch under torch.autocast(device, dtype=torch.bfloat16) (float32
+weights and Adam on both sides).
 
 PyTorch is not a dependency of memjax. `pip install torch==2.13.0` takes a CPU build on this
 project's machines; a plain `pip install torch` downloads a multi-GB CUDA build. Without torch
@@ -60,6 +63,8 @@ def _parse_args() -> argparse.Namespace:
   parser.add_argument("--attention_resolutions", type=_ints, default=(16,))
   parser.add_argument("--num_head_channels", type=int, default=64)
   parser.add_argument("--diffusion_steps", type=int, default=1000)
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="the DDPM's compute dtype (PyTorch: autocast to bfloat16)")
   parser.add_argument("--model", choices=("ddpm", "stylegan2"), default="ddpm")
   parser.add_argument("--stylegan2_config", choices=("demo", "cxr", "brats20"), default="demo")
   parser.add_argument("--stylegan2_reference", default=None,
@@ -102,6 +107,7 @@ def bench_memjax(args: argparse.Namespace) -> tuple[float, int]:
   config.diffusion.num_steps = args.diffusion_steps
   config.optimizer.warmup_steps = 0
   config.optimizer.grad_clip_norm = 0.0
+  config.model.dtype = args.dtype
   mesh = parallel.data_mesh(1)
   shape = (args.image_size, args.image_size, args.channels)
   compiled = loop.CompiledTrainer(ddpm.make_trainer(config), mesh, shape, seed=0)
@@ -147,26 +153,33 @@ def bench_pytorch(args: argparse.Namespace) -> tuple[float, int] | str:
     return (f"skipped: {e.name} is not installed. pip install torch==2.13.0 diffusers (a CPU "
             "build here; a plain `pip install torch` downloads a multi-GB CUDA build)")
   torch.manual_seed(0)
-  model = _diffusers_unet(args)
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  model = _diffusers_unet(args).to(device)
   ema = [p.detach().clone() for p in model.parameters()]
   optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
   betas = torch.linspace(1e-4, 0.02, args.diffusion_steps, dtype=torch.float64)
-  alphas_cumprod = torch.cumprod(1 - betas, 0).float()
+  alphas_cumprod = torch.cumprod(1 - betas, 0).float().to(device)
   images = torch.from_numpy(np.random.default_rng(0).uniform(
-      -1, 1, (args.batch_size, args.channels, args.image_size, args.image_size)).astype(np.float32))
+      -1, 1, (args.batch_size, args.channels, args.image_size, args.image_size)).astype(np.float32)
+  ).to(device)
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
 
   def step():
-    t = torch.randint(0, args.diffusion_steps, (args.batch_size,))
+    t = torch.randint(0, args.diffusion_steps, (args.batch_size,), device=device)
     noise = torch.randn_like(images)
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     noisy = a.sqrt() * images + (1 - a).sqrt() * noise
-    loss = torch.mean((model(noisy, t).sample - noise) ** 2)
+    with autocast:
+      prediction = model(noisy, t).sample
+    loss = torch.mean((prediction.float() - noise) ** 2)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     with torch.no_grad():
       # pylint: disable-next=protected-access
       torch._foreach_lerp_(ema, list(model.parameters()), 1 - 0.9999)
+    if device == "cuda":
+      torch.cuda.synchronize()
 
   seconds = _time_steps(step, args.warmup, args.steps)
   return seconds, sum(p.numel() for p in model.parameters())
@@ -299,8 +312,8 @@ def main():
   print(f"U-Net DDPM training step, batch {args.batch_size} of {args.image_size}x"
         f"{args.image_size}x{args.channels}; model_channels {args.model_channels}, channel_mult "
         f"{args.channel_mult}, num_res_blocks {args.num_res_blocks}, attention at "
-        f"{args.attention_resolutions}; {os.cpu_count()} CPUs; {args.steps} timed steps after "
-        f"{args.warmup}")
+        f"{args.attention_resolutions}; {args.dtype}; {os.cpu_count()} CPUs; {args.steps} timed "
+        f"steps after {args.warmup}")
   memjax_seconds, memjax_params = bench_memjax(args)
   print(f"memjax  (jax, Flax NNX): {1 / memjax_seconds:7.3f} steps/s  "
         f"{args.batch_size / memjax_seconds:8.2f} images/s  {memjax_params:,} parameters")

@@ -19,6 +19,7 @@ Unlike guided-diffusion, 3D volumes are down- and upsampled along all three axes
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
@@ -41,8 +42,51 @@ def timestep_embedding(timesteps: jax.Array, dim: int, max_period: float = 10000
   return embedding
 
 
-# PyTorch's default init of Conv and Linear (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
-_torch_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+class _OneDraw:
+  """The random weights of a whole U-Net from one uniform draw, set after the layers are built.
+
+  Drawn layer by layer, every weight is its own random-number program (a threefry loop, and one
+  more to derive its key): hundreds for the paper's U-Net, which XLA compiled for minutes on a
+  GPU. While a U-Net is built, its layers get zero placeholders and their bounds are noted here;
+  `fill` then draws U(-1, 1) once for all of them and scales each slice by its bound.
+  """
+
+  active: list[_OneDraw] = []  # the draw of the U-Net being built, if any
+
+  def __init__(self):
+    self.requests = []  # (placeholder, bound), in the order the layers asked
+
+  def uniform(self, shape, dtype, bound: float) -> jax.Array:
+    placeholder = jnp.zeros(shape, dtype)
+    self.requests.append((placeholder, bound))
+    return placeholder
+
+  def fill(self, module: nnx.Module, key: jax.Array) -> None:
+    sizes = [placeholder.size for placeholder, _ in self.requests]
+    values = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
+    offsets = [0, *itertools.accumulate(sizes)]
+    drawn = {id(placeholder): (values[start:stop].reshape(placeholder.shape) * bound
+                               ).astype(placeholder.dtype)
+             for (placeholder, bound), start, stop in zip(self.requests, offsets, offsets[1:])}
+    for _, node in nnx.iter_graph(module):
+      if isinstance(node, nnx.Param) and id(node.get_raw_value()) in drawn:
+        node.set_raw_value(drawn.pop(id(node.get_raw_value())))
+    if drawn:
+      raise AssertionError(f"{len(drawn)} placeholder weights were not found in the module")
+
+
+def _uniform(key, shape, dtype, bound: float) -> jax.Array:
+  if _OneDraw.active:
+    return _OneDraw.active[-1].uniform(shape, dtype, bound)
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _torch_kernel_init(key, shape, dtype=jnp.float32):
+  """PyTorch's default init of Conv and Linear (kaiming_uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)).
+
+  fan_in is the product of the kernel's axes but the last (the output channels).
+  """
+  return _uniform(key, shape, dtype, 1.0 / math.sqrt(math.prod(shape[:-1])))
 
 
 def _torch_bias_init(fan_in: int):
@@ -50,7 +94,7 @@ def _torch_bias_init(fan_in: int):
   bound = 1.0 / math.sqrt(fan_in)
 
   def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return _uniform(key, shape, dtype, bound)
 
   return init
 
@@ -249,6 +293,19 @@ class UNet(nnx.Module):
                attention_resolutions: tuple[int, ...] = (16,), num_head_channels: int = 64,
                dropout: float = 0.0, dims: int = 2, image_size: int = 64,
                use_scale_shift_norm: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+    draw = _OneDraw()
+    _OneDraw.active.append(draw)
+    try:
+      self._build(in_channels, out_channels, model_channels, channel_mult, num_res_blocks,
+                  attention_resolutions, num_head_channels, dropout, dims, image_size,
+                  use_scale_shift_norm, dtype, rngs)
+    finally:
+      _OneDraw.active.remove(draw)
+    draw.fill(self, rngs.params())
+
+  def _build(self, in_channels, out_channels, model_channels, channel_mult, num_res_blocks,
+             attention_resolutions, num_head_channels, dropout, dims, image_size,
+             use_scale_shift_norm, dtype, rngs):
     if dims not in (2, 3):
       raise ValueError(f"dims must be 2 (images) or 3 (volumes), got {dims}")
     if not channel_mult or num_res_blocks < 1 or model_channels < 1:
