@@ -85,7 +85,7 @@ def _settings(config: ml_collections.ConfigDict, names: list[str]) -> dict[str, 
 def run_demo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Runs the demo in `workdir`; returns what it writes to summary.json."""
   from memjax.data import sources  # pylint: disable=g-import-not-at-top
-  from memjax.memorization import comparison  # pylint: disable=g-import-not-at-top
+  from memjax.memorization import report  # pylint: disable=g-import-not-at-top
   from memjax import train as train_lib  # pylint: disable=g-import-not-at-top
   from memjax.train import loop  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
@@ -141,8 +141,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
         "audit": str(audit_dir),
     }
     models[name] = figures
-    audits.append((comparison.ModelAudit(name, sources.open_source(samples), max_correlation,
-                                         arrays["indices"][:, 0], figures), summary, arrays))
+    audits.append((report.ModelAudit(name, sources.open_source(samples), max_correlation,
+                                     arrays["indices"][:, 0], figures), summary, arrays))
 
   _, first_summary, first_arrays = audits[0]
   threshold = float(first_arrays["threshold"])
@@ -157,7 +157,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
   }
   _say(f"[{stages}/{stages}] writing the comparison to {workdir / 'report.html'}")
   if jax.process_index() == 0:
-    comparison.write_comparison_report(
+    report.write_comparison_report(
         workdir / "report.html", models=[a for a, _, _ in audits],
         train=sources.open_source(config.train), threshold=threshold,
         threshold_rule=first_summary["threshold"]["description"],

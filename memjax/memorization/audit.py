@@ -18,7 +18,7 @@ Writes into the output folder:
   summary.json  counts, the threshold and its rule, fraction memorized, quantiles, zero-variance ids
                 of the first detector at the top level; every detector's under `detectors`, and
                 with both, how often they agree (`agreement`)
-  histogram.png, pairs.png, report.html (see `report.py`); with both detectors also
+  histogram.png, pairs.png, report.html (see the `report` package); with both detectors also
                 histogram_embedding.png, pairs_embedding.png and agreement.png
 """
 
@@ -172,7 +172,8 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
       best_index=first.indices[:, 0], threshold=first.threshold.value,
       threshold_rule=first.threshold.description, summary=_report_summary(summary),
       holdout_max_correlation=first.holdout_max, num_pairs=num_pairs,
-      redact_training_images=redact_training_images, measure=first.measure, embedding=second)
+      redact_training_images=redact_training_images, measure=first.measure, embedding=second,
+      holdout=holdout)
   for item in found:
     logging.info("audit written to %s: %d of %d synthetic images memorized by %s (threshold "
                  "%.4f)", out_dir, int(item.memorized.sum()), len(synthetic), item.measure,

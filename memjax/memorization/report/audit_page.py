@@ -1,0 +1,263 @@
+"""The audit page: one detector or two (pixels and embeddings), with their figures.
+
+Writes histogram.png and pairs.png (and with the embedding detector beside pixel correlation
+histogram_embedding.png, pairs_embedding.png and agreement.png) and report.html, a
+self-contained page that embeds every image it shows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Mapping
+
+import numpy as np
+
+from memjax.memorization.report import figures
+from memjax.memorization.report import pairs_figure
+from memjax.memorization.report import redaction as redaction_lib
+from memjax.memorization.report import render
+from memjax.memorization.report import sections
+from memjax.memorization.report import text
+from memjax.memorization.report.planes import display_note
+from memjax.memorization.report.planes import embed_png
+
+MAX_LISTED_IDS = 50
+PIXEL_METHOD = ("Akbar, Wang & Eklund, “Beware of diffusion models for synthesizing medical "
+                "images” (2025)")
+EMBEDDING_METHOD = ("Dar et al., “Investigating data memorization in 3D latent diffusion models "
+                    "for medical image synthesis” (2023)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+  """One detector's findings: each synthetic image's best training match and the rule.
+
+  measure: "correlation" (pixels) or "embedding" (a contrastive encoder's embeddings).
+  max_correlation: (N_synthetic,) the best correlation; NaN where undefined.
+  best_index: (N_synthetic,) the training image that gave it; -1 where undefined.
+  threshold, threshold_rule: images at or above the threshold are counted; how it was chosen.
+  holdout_max_correlation: (N_train,) each training image's best correlation with held-out real
+    images (what a calibrated threshold is the percentile of), or None.
+  """
+  measure: str
+  max_correlation: np.ndarray
+  best_index: np.ndarray
+  threshold: float
+  threshold_rule: str
+  holdout_max_correlation: np.ndarray | None = None
+
+
+def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any,
+                       max_correlation: np.ndarray, best_index: np.ndarray, threshold: float,
+                       threshold_rule: str, summary: Mapping[str, Any],
+                       holdout_max_correlation: np.ndarray | None = None, num_pairs: int = 8,
+                       redact_training_images: bool = False,
+                       title: str = "memjax memorization audit", measure: str = "correlation",
+                       embedding: Detection | None = None,
+                       holdout: Any = None) -> dict[str, pathlib.Path]:
+  """Writes histogram.png, pairs.png and a self-contained report.html into `out_dir`.
+
+  Args:
+    out_dir: folder to write into (created if missing).
+    synthetic, train: the audited images and the training images they were searched against
+      (image sources: shape, description, len, read, image_id, neighbors).
+    max_correlation: (N_synthetic,) each synthetic image's maximum correlation over the
+      training set; NaN for a zero-variance image.
+    best_index: (N_synthetic,) index into `train` of the best match; -1 where undefined.
+    threshold: images at or above it are counted as memorized.
+    threshold_rule: a sentence saying how the threshold was chosen.
+    summary: the caller's summary (JSON-like, may nest); shown as a table.
+    holdout_max_correlation: optional (N_train,) each training image's maximum correlation with a
+      held-out real set: how alike real, different patients are.
+    num_pairs: how many of the closest pairs to draw.
+    redact_training_images: apply the redaction policy of redaction.py (no training pixels).
+    title: page title.
+    measure: what `max_correlation` correlates: "correlation" (pixels) or "embedding".
+    embedding: the embedding detector's findings beside pixel correlation (measure
+      "correlation"); adds histogram_embedding.png, pairs_embedding.png and agreement.png.
+    holdout: the held-out image source, for the data table.
+
+  Returns:
+    The written paths: "histogram", "pairs", "report", and with `embedding` also
+    "histogram_embedding", "pairs_embedding" and "agreement".
+  """
+  text.words(measure)
+  detections = [Detection(measure, *_checked_inputs(
+      synthetic, train, max_correlation, best_index, threshold, num_pairs,
+      holdout_max_correlation), float(threshold), threshold_rule, holdout_max_correlation)]
+  if embedding is not None:
+    if measure != "correlation" or embedding.measure != "embedding":
+      raise ValueError("a second detection is the embedding detector beside pixel correlation; "
+                       f"got {embedding.measure!r} beside {measure!r}")
+    values, best = _checked_inputs(synthetic, train, embedding.max_correlation,
+                                   embedding.best_index, embedding.threshold, num_pairs,
+                                   embedding.holdout_max_correlation)
+    detections.append(dataclasses.replace(embedding, max_correlation=values, best_index=best,
+                                          threshold=float(embedding.threshold)))
+  redaction = redaction_lib.policy(redact_training_images, [
+      redaction_lib.Score(d.measure, d.max_correlation, d.threshold) for d in detections])
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+
+  pngs: dict[str, bytes] = {}
+  for index, detection in enumerate(detections):
+    suffix = _file_suffix(detection, index)
+    pngs["histogram" + suffix] = figures.figure_to_png_bytes(figures.histogram_figure(
+        detection.max_correlation, detection.threshold, detection.holdout_max_correlation,
+        measure=detection.measure))
+    pngs["pairs" + suffix] = figures.figure_to_png_bytes(pairs_figure.pairs_figure(
+        synthetic, train, detection.max_correlation, detection.best_index, detection.threshold,
+        num_pairs=num_pairs, measure=detection.measure, redaction=redaction))
+  if len(detections) == 2:
+    pngs["agreement"] = figures.figure_to_png_bytes(figures.agreement_figure(*detections))
+  page = _render_page(title=title, synthetic=synthetic, train=train, holdout=holdout,
+                      detections=detections, summary=summary, num_pairs=num_pairs,
+                      redaction=redaction, pngs=pngs)
+  paths = {}
+  for name, png in pngs.items():
+    paths[name] = out / f"{name}.png"
+    paths[name].write_bytes(png)
+  paths["report"] = render.write_page(out / "report.html", page)
+  return paths
+
+
+def _checked_inputs(synthetic, train, max_correlation, best_index, threshold, num_pairs,
+                    holdout_max_correlation) -> tuple[np.ndarray, np.ndarray]:
+  """Validates the arrays against the sources; returns (correlation float64, best index int64)."""
+  correlation = np.asarray(max_correlation, dtype=np.float64)
+  if correlation.shape != (len(synthetic),):
+    raise ValueError(f"max_correlation has shape {correlation.shape}; expected "
+                     f"({len(synthetic)},), one value per synthetic image.")
+  best = np.asarray(best_index)
+  if best.shape != correlation.shape or not np.issubdtype(best.dtype, np.integer):
+    raise ValueError(f"best_index must be an integer array of shape {correlation.shape}; got "
+                     f"{best.dtype} of shape {best.shape}.")
+  best = best.astype(np.int64)
+  defined = np.isfinite(correlation)
+  bad = np.flatnonzero(defined & ((best < 0) | (best >= len(train))))
+  if bad.size:
+    raise ValueError(
+        f"best_index[{bad[0]}] = {best[bad[0]]} is not an index into the {len(train)} training "
+        f"images, although max_correlation[{bad[0]}] = {correlation[bad[0]]} is defined.")
+  if not np.isfinite(threshold):
+    raise ValueError(f"threshold must be a finite number, got {threshold}.")
+  if num_pairs < 0:
+    raise ValueError(f"num_pairs must be >= 0, got {num_pairs}.")
+  if holdout_max_correlation is not None and np.ndim(holdout_max_correlation) != 1:
+    raise ValueError("holdout_max_correlation must be 1-D (one value per training image); got "
+                     f"shape {np.shape(holdout_max_correlation)}.")
+  return correlation, best
+
+
+def _file_suffix(detection: Detection, index: int) -> str:
+  """How the files and tables of a detector are named: plain for the first, suffixed after."""
+  return "" if index == 0 else text.words(detection.measure)["file_suffix"]
+
+
+def _verdict(detection: Detection, with_name: bool) -> str:
+  correlation, threshold = detection.max_correlation, detection.threshold
+  defined = np.isfinite(correlation)
+  num_defined = int(defined.sum())
+  num_memorized = int(np.sum(correlation[defined] >= threshold))
+  share = f" ({100.0 * num_memorized / num_defined:.1f}%)" if num_defined else ""
+  prefix = f"{text.words(detection.measure)['name'].capitalize()}: " if with_name else ""
+  value = "correlation" if detection.measure == "correlation" else "embedding correlation"
+  return (f"{prefix}{num_memorized} of "
+          f"{text.plural(num_defined, 'synthetic image', 'synthetic images')}{share} with a "
+          f"defined {value} reach the threshold {threshold:.4f} and are counted as memorized.")
+
+
+def _paragraphs(detection: Detection, pairs: sections.Pairs,
+                redaction: redaction_lib.Redaction) -> list[str]:
+  """What was measured, how to read it, and what the pair rows show, in this page's terms."""
+  words = text.words(detection.measure)
+  paragraphs = [words["explanation"] + f" Threshold {detection.threshold:.4f}: "
+                + text.sentence(detection.threshold_rule)
+                + " A synthetic image whose highest value is at or above the threshold is "
+                "counted as memorized; the dashed lines at 0.90, 0.95 and 0.99 are common fixed "
+                "alternatives."]
+  if detection.holdout_max_correlation is not None:
+    paragraphs.append(
+        "The orange histogram shows, for each training image, its highest value with held-out "
+        "real images of other patients: how alike real, different patients are. Synthetic "
+        "images to the right of that distribution are closer to a training image than real "
+        "images of other patients typically are.")
+  if pairs.shows_neighbours:
+    paragraphs.append(
+        "Neighbouring slices of one patient's scan are naturally near copies of each other. Each "
+        "pair is therefore shown beside the matched training slice's previous and next slices, "
+        "with their pixel correlation with the match, as a yardstick of how alike images of the "
+        "same patient are.")
+  if redaction.shows_training:
+    paragraphs.append(
+        "The scatter plot shows each pixel of the synthetic image against the same pixel of its "
+        "match (a fixed random sample of 20,000 pixels for larger images; r uses all pixels); "
+        "points on the dashed identity line have identical values.")
+  return paragraphs + [words["limits"]]
+
+
+def _detector_context(detection: Detection, index: int, num_detectors: int, *, synthetic, train,
+                      num_pairs, redaction, pngs) -> dict[str, Any]:
+  both = num_detectors == 2
+  file_suffix = _file_suffix(detection, index)
+  pairs = sections.detector_pairs(
+      synthetic=synthetic, train=train, values=detection.max_correlation,
+      best=detection.best_index, threshold=detection.threshold, measure=detection.measure,
+      num_pairs=num_pairs, redaction=redaction)
+  zoomed = figures.zoom_start(figures.detector_series(
+      detection.max_correlation, detection.holdout_max_correlation), detection.threshold)
+  caption = text.histogram_caption(zoomed is not None)
+  notes = {display_note(synthetic.shape), display_note(train.shape)} - {""}
+  paragraphs = _paragraphs(detection, pairs, redaction)
+  if notes:
+    paragraphs.append("Images shown: " + "; ".join(sorted(notes)) + ".")
+  return dict(
+      heading=(("Detector 1: pixel correlation" if index == 0
+                else "Detector 2: contrastive embeddings") if both else ""),
+      level="h3" if both else "h2",
+      suffix=(" (pixels)" if index == 0 else " (embeddings)") if both else "",
+      paragraphs=paragraphs, histogram=embed_png(pngs["histogram" + file_suffix]),
+      histogram_caption=caption, pairs=pairs, threshold=detection.threshold,
+      table_id="pairs-table" + file_suffix.replace("_", "-"),
+      flagged_id="flagged-table" + file_suffix.replace("_", "-"))
+
+
+def _data_rows(synthetic, train, holdout, holdout_max) -> list[sections.SourceRow]:
+  rows = [sections.source_row("synthetic", synthetic), sections.source_row("training", train)]
+  calibrates = ("each training image's maximum correlation with these images calibrates the "
+                "threshold")
+  if holdout is not None:
+    rows.append(sections.source_row("held-out reference", holdout, calibrates))
+  elif holdout_max is not None:
+    rows.append(sections.SourceRow(
+        "held-out reference", "not given", "not given",
+        f"{np.size(holdout_max)} values from an earlier audit, one per training image: its "
+        "maximum correlation with a held-out set of real images"))
+  return rows
+
+
+def _render_page(*, title, synthetic, train, holdout, detections, summary, num_pairs,
+                 redaction, pngs) -> str:
+  primary = detections[0]
+  both = len(detections) == 2
+  undefined = np.flatnonzero(~np.isfinite(primary.max_correlation))
+  verdicts = [_verdict(d, with_name=both) for d in detections]
+  zero_variance = None
+  if undefined.size:
+    sentence = text.zero_variance_sentence(undefined.size, primary.measure)
+    verdicts[0] += " " + sentence
+    listed = [synthetic.image_id(int(i)) for i in undefined[:MAX_LISTED_IDS]]
+    zero_variance = dict(sentence=sentence, ids=listed, more=undefined.size - len(listed))
+  methods = [PIXEL_METHOD] if any(d.measure == "correlation" for d in detections) else []
+  methods += [EMBEDDING_METHOD] if any(d.measure == "embedding" for d in detections) else []
+  return render.render(
+      "audit.html.j2", title=title, verdicts=verdicts, redaction_notice=redaction.notice(),
+      agreement=embed_png(pngs["agreement"]) if both else None,
+      detectors=[_detector_context(d, n, len(detections), synthetic=synthetic, train=train,
+                                   num_pairs=num_pairs, redaction=redaction, pngs=pngs)
+                 for n, d in enumerate(detections)],
+      num_pairs=num_pairs, summary_rows=text.flatten_summary(summary),
+      zero_variance=zero_variance,
+      data_rows=_data_rows(synthetic, train, holdout, primary.holdout_max_correlation),
+      methods=methods)
