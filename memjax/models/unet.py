@@ -19,6 +19,7 @@ Unlike guided-diffusion, 3D volumes are down- and upsampled along all three axes
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -62,17 +63,26 @@ class _OneDraw:
     return placeholder
 
   def fill(self, module: nnx.Module, key: jax.Array) -> None:
-    sizes = [placeholder.size for placeholder, _ in self.requests]
-    values = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
-    offsets = [0, *itertools.accumulate(sizes)]
-    drawn = {id(placeholder): (values[start:stop].reshape(placeholder.shape) * bound
-                               ).astype(placeholder.dtype)
-             for (placeholder, bound), start, stop in zip(self.requests, offsets, offsets[1:])}
+    layout = tuple((tuple(p.shape), jnp.dtype(p.dtype).name, bound) for p, bound in self.requests)
+    drawn = dict(zip((id(p) for p, _ in self.requests), _draw_uniform(key, layout)))
     for _, node in nnx.iter_graph(module):
       if isinstance(node, nnx.Param) and id(node.get_raw_value()) in drawn:
         node.set_raw_value(drawn.pop(id(node.get_raw_value())))
     if drawn:
       raise AssertionError(f"{len(drawn)} placeholder weights were not found in the module")
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _draw_uniform(key: jax.Array, layout) -> list[jax.Array]:
+  """Arrays of (shape, dtype, bound) `layout`, U(+-bound), as slices of one U(-1, 1) draw.
+
+  Jitted, so that a U-Net built outside jit compiles one program, not one per slice.
+  """
+  sizes = [math.prod(shape) for shape, _, _ in layout]
+  values = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
+  offsets = [0, *itertools.accumulate(sizes)]
+  return [(values[start:stop].reshape(shape) * bound).astype(dtype)
+          for (shape, dtype, bound), start, stop in zip(layout, offsets, offsets[1:])]
 
 
 def _uniform(key, shape, dtype, bound: float) -> jax.Array:
