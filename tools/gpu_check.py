@@ -247,44 +247,71 @@ def check_search(args) -> None:
        tflops_float32_equivalent=round(2 * many * num_train * side * side / whole / 1e12, 1))
 
 
-def _ddpm_args(dtype: str):
-  """bench_train's arguments for the paper's U-Net (configs/cxr_ddpm.py's layout)."""
-  return argparse.Namespace(image_size=256, channels=1, batch_size=32, model_channels=64,
-                            channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=3,
-                            attention_resolutions=(32, 16, 8), num_head_channels=64,
-                            diffusion_steps=4000, warmup=2, steps=5, dtype=dtype, device="cuda")
+def _ddpm_config(timing, dtype: str, small: bool):
+  """The paper's DDPM (configs/cxr_ddpm.py), or the demo's small U-Net with --small."""
+  config = timing.paper_ddpm_config(batch_size=8 if small else 32, dtype=dtype)
+  if small:
+    config.model.model_channels = 32
+    config.model.channel_mult = (1, 2, 2)
+    config.model.num_res_blocks = 1
+    config.model.attention_resolutions = (8,)
+    config.model.num_head_channels = 32
+  return config, ((32, 32, 3) if small else timing.PAPER_DDPM_IMAGE_SHAPE)
+
+
+def _torch_ddpm_args(config, shape, dtype: str):
+  """bench_train's arguments for diffusers' UNet2DModel laid out as `config`'s U-Net."""
+  model = config.model
+  return argparse.Namespace(
+      image_size=shape[0], channels=shape[-1], batch_size=int(config.batch_size),
+      model_channels=model.model_channels, channel_mult=tuple(model.channel_mult),
+      num_res_blocks=model.num_res_blocks,
+      attention_resolutions=tuple(model.attention_resolutions),
+      num_head_channels=model.num_head_channels, diffusion_steps=config.diffusion.num_steps,
+      warmup=2, steps=5, dtype=dtype, device="cuda")
 
 
 def check_ddpm(args) -> None:
-  del args
   try:
-    import bench_train  # pylint: disable=g-import-not-at-top
     from memjax.train import timing  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     _skip("ddpm", f"{e.name} is not installed (pip install {e.name})")
     return
-  first = timing.time_to_first_step(timing.paper_ddpm_config(), batch_size=32)
-  for name, value in first.items():
-    emit("ddpm", f"paper DDPM time to first step: {name}", round(value, 2), "s")
-  total = first.get("total_s", sum(first.values()))
-  emit("ddpm", "paper DDPM time to first finished step", round(total, 1), "s", target="<= 60",
-       ok=total <= 60)
   rates = {}
   for dtype in ("float32", "bfloat16"):
-    seconds, parameters = bench_train.bench_memjax(_ddpm_args(dtype))
-    rates[dtype] = 1 / seconds
-    emit("ddpm", f"memjax {dtype} steps/s", round(1 / seconds, 3), "steps/s",
-         parameters=parameters)
+    config, shape = _ddpm_config(timing, dtype, args.small)
+    figures = timing.time_to_first_step(config, shape, num_devices=1, timed_steps=5)
+    name = f"{'demo' if args.small else 'paper'} DDPM {dtype}"
+    for phase in ("trainer_s", "init_s", "first_step_s"):
+      emit("ddpm", f"{name}: {phase}", round(figures[phase], 2), "s")
+    first = figures["time_to_first_step_s"]
+    emit("ddpm", f"{name}: time to first finished step", round(first, 1), "s",
+         target="<= 60" if dtype == "float32" else None, ok=first <= 60,
+         parameters=figures["num_params"], batch=figures["batch_size"])
+    rates[dtype] = figures["steps_per_s"]
+    emit("ddpm", f"{name}: steps/s", round(rates[dtype], 3), "steps/s")
+  try:
+    import bench_train  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+    import diffusers  # pylint: disable=g-import-not-at-top,unused-import
+    if not torch.cuda.is_available():
+      raise ImportError("torch has no CUDA device", name="torch with CUDA")
+  except ImportError as e:
+    _skip("ddpm", f"PyTorch peer: {e.name or e} is not installed (pip install torch diffusers)")
+    return
   for dtype in ("float32", "bfloat16"):
-    torch_result = bench_train.bench_pytorch(_ddpm_args(dtype))
-    if isinstance(torch_result, str):
-      _skip("ddpm", f"PyTorch {dtype}: {torch_result}")
+    config, shape = _ddpm_config(timing, dtype, args.small)
+    result = bench_train.bench_pytorch(_torch_ddpm_args(config, shape, dtype))
+    if isinstance(result, str):
+      _skip("ddpm", f"PyTorch {dtype}: {result}")
       continue
-    seconds, parameters = torch_result
-    emit("ddpm", f"PyTorch diffusers {dtype} steps/s", round(1 / seconds, 3), "steps/s",
-         parameters=parameters)
-    emit("ddpm", f"memjax / PyTorch {dtype}", round(rates[dtype] * seconds, 2), "x",
-         target=">= 1.0" if dtype == "bfloat16" else None, ok=rates[dtype] * seconds >= 1.0)
+    seconds, parameters = result
+    peer = "bf16 autocast" if dtype == "bfloat16" else "float32"
+    emit("ddpm", f"PyTorch diffusers UNet2DModel {peer}: steps/s", round(1 / seconds, 3),
+         "steps/s", parameters=parameters)
+    ratio = rates[dtype] * seconds
+    emit("ddpm", f"memjax {dtype} / PyTorch {peer}", round(ratio, 2), "x",
+         target=">= 1.0" if dtype == "bfloat16" else None, ok=ratio >= 1.0)
 
 
 def check_stylegan2(args) -> None:
