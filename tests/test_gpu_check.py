@@ -25,4 +25,7 @@ def test_gpu_check_runs_and_its_exactness_holds_on_cpu():
   assert first["copies_found"]
   paper = next(line for line in search if line["figure"].startswith("paper-scale audit search"))
   assert paper["value"] > 0 and paper["precision"] in ("float32", "bfloat16x3")
-  assert figures[("all", "failed targets")]["value"] is not None
+  # The closing line lists what missed its target; on a CPU only speed targets may miss.
+  failed = figures[("all", "failed targets")]["value"]
+  assert isinstance(failed, list)
+  assert not [name for name in failed if "exact" in name or "float64" in name], failed

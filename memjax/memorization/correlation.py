@@ -673,13 +673,8 @@ def _probe_split_products(device: jax.Device) -> tuple[float, float]:
     synthetic[16:] = rng.permutation(synthetic[16:].reshape(-1)).reshape(16, 48, 48)
     values, _ = top_k_correlation(synthetic, train, k=4, mesh=mesh, precision="bfloat16x3",
                                   refine=False)  # the kernel's own values
-    a = synthetic.reshape(len(synthetic), -1).astype(np.float64)
-    b = train.reshape(len(train), -1).astype(np.float64)
-    a = (a - a.mean(1, keepdims=True)) / np.linalg.norm(a - a.mean(1, keepdims=True), axis=1,
-                                                          keepdims=True)
-    b = (b - b.mean(1, keepdims=True)) / np.linalg.norm(b - b.mean(1, keepdims=True), axis=1,
-                                                          keepdims=True)
-    ranked = -np.sort(-(a @ b.T), axis=1)[:, :4]
+    ranked = -np.sort(-(_unit_rows_float64(synthetic) @ _unit_rows_float64(train).T),
+                      axis=1)[:, :4]
     worst = max(worst, float(np.max(np.abs(values - ranked))))
     weakest_copy = min(weakest_copy, float(values[:8, 0].min()))
   return worst, weakest_copy
@@ -786,22 +781,25 @@ def refine_near_exact(values: np.ndarray, index: np.ndarray, synthetic: sources_
   values = values.copy()
   train_rows: dict[int, np.ndarray] = {}
   for row in np.unique(rows):
-    query = _unit_float64(synthetic.read(int(row), int(row) + 1, dtype=np.float64))
+    query = _unit_rows_float64(synthetic.read(int(row), int(row) + 1, dtype=np.float64))[0]
     for column in columns[rows == row]:
       match = int(index[row, column])
       if match not in train_rows:
         if len(train_rows) * query.size > (64 << 20):  # keep at most ~512 MB of rows
           train_rows.clear()
-        train_rows[match] = _unit_float64(train.read(match, match + 1, dtype=np.float64))
+        train_rows[match] = _unit_rows_float64(
+            train.read(match, match + 1, dtype=np.float64))[0]
       values[row, column] = np.clip(np.dot(query, train_rows[match]), -1.0, 1.0)
     order = np.lexsort((index[row], -values[row]))
     values[row], index[row] = values[row][order], index[row][order]
   return values, index
 
 
-def _unit_float64(image: np.ndarray) -> np.ndarray:
-  centred = image.reshape(-1) - image.mean()
-  return centred / np.linalg.norm(centred)
+def _unit_rows_float64(images: np.ndarray) -> np.ndarray:
+  """Each image (N, ...) flattened, mean-centred and scaled to unit norm, in float64."""
+  rows = images.reshape(len(images), -1).astype(np.float64)
+  rows -= rows.mean(axis=1, keepdims=True)
+  return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
 def _device_bytes(plan: SearchPlan, dtype: np.dtype) -> int:
