@@ -493,18 +493,29 @@ class _BlockReader:
     holds three blocks. Blocks are never donated to the kernel: a block may be a view of the
     caller's array.
     """
-    plan = self._plan
-    pending = self._submit(0, min(plan.block_size, plan.num_train))
-    for start in range(0, plan.num_train, plan.block_size):
-      stop = min(start + plan.block_size, plan.num_train)
-      block, block_index = pending.result()
-      if stop < plan.num_train:
-        pending = self._submit(stop, min(stop + plan.block_size, plan.num_train))
+    bounds = _bounds(self._plan.num_train, self._plan.block_size)
+    for (start, stop), (block, block_index) in zip(bounds, _read_ahead(self._submit, bounds)):
       yield start, stop, block, block_index
 
   def close(self):
     self._pool.shutdown(wait=True)
     self._buffers.clear()
+
+
+def _bounds(total: int, step: int) -> list[tuple[int, int]]:
+  """[start, stop) of consecutive pieces of `step` items (the last may be shorter)."""
+  return [(start, min(start + step, total)) for start in range(0, total, step)]
+
+
+def _read_ahead(submit, bounds):
+  """Yields the results of submit(start, stop) in order, asking for piece i + 1 before piece i is
+  handed out: the background thread reads the next piece while the caller works on this one."""
+  pending = submit(*bounds[0]) if bounds else None
+  for position in range(len(bounds)):
+    result = pending.result()
+    if position + 1 < len(bounds):
+      pending = submit(*bounds[position + 1])
+    yield result
 
 
 class _TrainingPasses:
@@ -560,18 +571,12 @@ class _SyntheticChunks:
 
   def chunks(self):
     """Yields (start, stop, chunk on the devices) with the next chunk already being read."""
-    plan = self._plan
-    starts = list(range(0, plan.num_synthetic, plan.synthetic_chunk))
-    bounds = [(start, min(start + plan.synthetic_chunk, plan.num_synthetic)) for start in starts]
-    if not self._ahead:
-      for start, stop in bounds:
-        yield start, stop, self._read(start, stop)
-      return
-    pending = self._pool.submit(self._read, *bounds[0])
-    for position, (start, stop) in enumerate(bounds):
-      chunk = pending.result()
-      if position + 1 < len(bounds):
-        pending = self._pool.submit(self._read, *bounds[position + 1])
+    bounds = _bounds(self._plan.num_synthetic, self._plan.synthetic_chunk)
+    if self._ahead:
+      chunks = _read_ahead(lambda start, stop: self._pool.submit(self._read, start, stop), bounds)
+    else:
+      chunks = (self._read(start, stop) for start, stop in bounds)
+    for (start, stop), chunk in zip(bounds, chunks):
       yield start, stop, chunk
 
   def close(self):
