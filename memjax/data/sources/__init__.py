@@ -70,13 +70,13 @@ def open_source(spec: Any, *, nifti_slice_axis: int | None = None,
   path = os.fspath(spec)
   if isinstance(spec, str) and path.startswith("tfds:"):
     return TfdsSource(*parse_tfds_spec(path))
-  if not os.path.exists(path):
+  if not os.path.lexists(path):
     match = _NPZ_KEY_PATTERN.match(path)
-    if match is not None and os.path.isfile(match["path"]):
+    if match is not None and os.path.lexists(match["path"]):
       return NumpyFileSource(match["path"], key=match["key"])
     missing = match["path"] if match is not None else path
     raise FileNotFoundError(f"{missing}: no such file or folder")
-  if os.path.isfile(path) and path.lower().endswith(ARRAY_EXTENSIONS):
+  if not os.path.isdir(path) and path.lower().endswith(ARRAY_EXTENSIONS):
     return NumpyFileSource(path)
   return FolderSource(path, nifti_slice_axis=nifti_slice_axis, grayscale=grayscale)
 

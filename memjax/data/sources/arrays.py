@@ -378,8 +378,7 @@ class NumpyFileSource(base.ImageSource):
 
   def __init__(self, path: base.PathLike, key: str | None = None):
     path = os.fspath(path)
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path}: no such file")
+    base.check_regular_file(path)  # A FIFO would block the open.
     if not path.lower().endswith(ARRAY_EXTENSIONS):
       raise ValueError(f"{path} is not a .npy or .npz file")
     if key is not None and not path.lower().endswith(".npz"):

@@ -12,6 +12,7 @@ import abc
 from collections.abc import Sequence
 import operator
 import os
+import stat
 from typing import Any
 
 import numpy as np
@@ -150,6 +151,45 @@ def differ_by_color(shape_a: Sequence[int], shape_b: Sequence[int]) -> bool:
   a, b = tuple(shape_a), tuple(shape_b)
   return (len(a) == len(b) + 1 and a[:-1] == b and a[-1] in (3, 4)) or (
       len(b) == len(a) + 1 and b[:-1] == a and b[-1] in (3, 4))
+
+
+def not_a_regular_file(path: PathLike) -> str | None:
+  """None when `path` is a regular file or a link to one, else what it is ("a FIFO", ...).
+
+  Only the file's metadata is read (stat): opening a FIFO blocks until a writer opens it, so
+  anything that lists image files asks this before opening one.
+  """
+  try:
+    mode = os.stat(path).st_mode
+  except FileNotFoundError:
+    return "a broken link" if os.path.islink(path) else "missing"
+  except OSError as e:
+    return f"not readable ({e.strerror})"
+  if stat.S_ISREG(mode):
+    return None
+  kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+           (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+           (stat.S_ISBLK, "a block device"))
+  return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
+def check_regular_file(path: PathLike) -> None:
+  """Raises ValueError (FileNotFoundError when absent) unless `path` is a regular file.
+
+  For a file that the user names: a FIFO or a device is refused before it is opened.
+  """
+  problem = not_a_regular_file(path)
+  if problem == "missing":
+    raise FileNotFoundError(f"{os.fspath(path)}: no such file")
+  if problem is not None:
+    raise ValueError(f"{os.fspath(path)} is {problem}, not a regular file; name an image file, "
+                     "an array file or a folder")
+
+
+def describe_skipped(skipped: Sequence[tuple[str, str]], limit: int = 10) -> str:
+  """'a.png (a FIFO), b.png (a broken link)': the first `limit` (name, problem) pairs."""
+  named = ", ".join(f"{name} ({problem})" for name, problem in skipped[:limit])
+  return named + (f" and {len(skipped) - limit} more" if len(skipped) > limit else "")
 
 
 def native(dtype: DTypeLike) -> np.dtype:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 import concurrent.futures
 import dataclasses
+import logging
 import os
 import pathlib
 import struct
@@ -33,6 +34,8 @@ _PARALLEL_MIN_FILES = 16
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
                   IndexError, KeyError, TypeError, zipfile.BadZipFile)
+
+_logger = logging.getLogger(__name__)
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_pid: int | None = None
@@ -236,12 +239,13 @@ def _find_files(root: str) -> list[str]:
   """Relative POSIX paths of the supported files under `root`, recursively, sorted.
 
   Hidden files and folders (names starting with '.') are skipped; linked folders are followed
-  once.
+  once. Entries that are not regular files (a FIFO, a socket, a device, a broken link) are
+  skipped with one warning naming them: they are never opened, since opening a FIFO blocks.
   """
   def raise_error(error: OSError) -> None:
     raise error
 
-  relpaths = []
+  relpaths, skipped = [], []
   visited = set()
   for folder, subfolders, files in os.walk(root, onerror=raise_error, followlinks=True):
     real = os.path.realpath(folder)
@@ -253,7 +257,16 @@ def _find_files(root: str) -> list[str]:
     relative = pathlib.PurePath(os.path.relpath(folder, root))
     for name in files:
       if not name.startswith(".") and extension(name) is not None:
-        relpaths.append((relative / name).as_posix())
+        relpath = (relative / name).as_posix()
+        problem = base.not_a_regular_file(os.path.join(folder, name))
+        if problem is None:
+          relpaths.append(relpath)
+        else:
+          skipped.append((relpath, problem))
+  if skipped:
+    _logger.warning("%s: skipping %d %s not regular files (never opened): %s", root,
+                    len(skipped), "entry that is" if len(skipped) == 1 else "entries that are",
+                    base.describe_skipped(sorted(skipped)))
   return sorted(relpaths)
 
 
@@ -266,12 +279,13 @@ def _list_files(path: str) -> tuple[str, list[str]]:
           f"{path} holds no image files (searched recursively for "
           f"{', '.join(SUPPORTED_EXTENSIONS)})")
     return path, relpaths
-  if os.path.isfile(path):
-    if extension(os.path.basename(path)) is None:
-      raise ValueError(f"{path} is not a supported image file; expected one of "
-                       f"{', '.join(SUPPORTED_EXTENSIONS)}")
-    return os.path.dirname(path) or ".", [os.path.basename(path)]
-  raise FileNotFoundError(f"{path}: no such file or folder")
+  if not os.path.lexists(path):
+    raise FileNotFoundError(f"{path}: no such file or folder")
+  base.check_regular_file(path)
+  if extension(os.path.basename(path)) is None:
+    raise ValueError(f"{path} is not a supported image file; expected one of "
+                     f"{', '.join(SUPPORTED_EXTENSIONS)}")
+  return os.path.dirname(path) or ".", [os.path.basename(path)]
 
 
 def _check_one_shape(entries: Sequence[_Entry], path: str) -> None:
@@ -300,6 +314,8 @@ class FolderSource(base.ImageSource):
   with ':k' appended for slice k or image k of an array file. Hidden files and other kinds of
   files are ignored. At open time only headers are read, to index the images and check that
   they all have one shape. A single file path is also accepted: its ids are its file name.
+  Entries that are not regular files (FIFOs, sockets, devices, broken links) are skipped with
+  a warning that names them, and refused when named directly; they are never opened.
 
   Args:
     path: the folder (or one file).
