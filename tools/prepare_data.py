@@ -9,8 +9,12 @@ training subjects), cxr_pneumonia (256, 128, 64) and mni152 (64, 128). Medical d
 downloaded: --manual_dir holds it as its official source distributes it. --data_dir defaults to
 $MEMJAX_DATA_DIR, else TFDS's default (~/tensorflow_datasets). Read a prepared set with
 `open_source("tfds:brats2020/slices:train")` or `tfds.data_source(...)`. A data set that is
-already prepared is kept. User errors print one line and exit with status 2 (MEMJAX_TRACEBACK=1
-shows the traceback).
+already prepared is kept, unless one of its files is truncated or missing: then it is prepared
+again. A preparation writes into a temporary folder renamed into place at the end; one that was
+killed leaves that folder, which the next run removes; two runs at once: the second stops,
+naming the first. Subjects (BraTS) and images (chest x-rays) that cannot be read are skipped with
+a warning and counted in the summary (--strict makes them an error). User errors print one line
+and exit with status 2 (MEMJAX_TRACEBACK=1 shows the traceback).
 """
 
 import logging as std_logging
@@ -68,7 +72,7 @@ def prepare(dataset: str, manual_dir: str | None, data_dir: str | None, strict: 
   counts = ", ".join(f"{split} {info.num_examples}" for split, info in builder.info.splits.items())
   summary = f"{builder.info.full_name} prepared in {builder.data_dir}: {counts} examples"
   metadata = builder.info.metadata or {}
-  for key in ("num_skipped_subjects", "num_unparsed_file_names"):
+  for key in ("num_skipped_subjects", "num_skipped_files", "num_unparsed_file_names"):
     if metadata.get(key):
       summary += f"; {key.replace('_', ' ')[4:]}: {metadata[key]} (listed in metadata.json)"
   return summary

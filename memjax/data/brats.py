@@ -21,10 +21,12 @@ the last `num_test_subjects` (56, as in the paper) form `test` and the others `t
 (`num_subjects` keeps only the first N of them, for small training sets; the test subjects stay
 the same). These are the paper's split sizes (313 + 56 subjects for BraTS 2020, 1195 + 56 for
 2021) but not its subjects: its permutation came from MATLAB's randperm and is not published.
-A subject with a missing or unreadable modality is skipped with a warning naming it. The
-metadata (`builder.info.metadata`, metadata.json) lists the subjects written to each split
-(`train_subjects`, `test_subjects`), the skipped ones with the reason (`skipped_subjects`) and
-their count (`num_skipped_subjects`); `strict=True` makes a skip an error.
+A subject with a missing or unreadable modality (or, for `slices`, no slice that passes the
+coverage rule) is skipped with a warning naming it; a split left with no example is a one-line
+error that says why. The metadata (`builder.info.metadata`, metadata.json) lists the subjects
+written to each split (`train_subjects`, `test_subjects`), the skipped ones with the reason
+(`skipped_subjects`) and their count (`num_skipped_subjects`); `strict=True` makes a skip an
+error.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import tensorflow_datasets as tfds
 
 from memjax.data import preprocessing
 from memjax.data import tfds_builder
+from memjax.data.sources import base
 
 MODALITIES = ("t1", "t2", "flair", "t1ce")  # Channel order, then "seg".
 CHANNELS = MODALITIES + ("seg",)
@@ -102,7 +105,8 @@ def find_subjects(manual_dir: str, folder_pattern: re.Pattern[str]) -> list[Subj
       for channel in CHANNELS:
         candidates = [os.path.join(folder, f"{name}_{channel}{suffix}")
                       for suffix in _NIFTI_SUFFIXES]
-        files[channel] = next((path for path in candidates if os.path.isfile(path)), None)
+        # lexists: a FIFO or a broken link is found here, and refused (never opened) by _load.
+        files[channel] = next((path for path in candidates if os.path.lexists(path)), None)
       found[name] = Subject(name, folder, files)
   return [found[name] for name in sorted(found)]
 
@@ -136,6 +140,9 @@ def _load(subject: Subject, channel: str) -> np.ndarray:
     raise SubjectError(f"{subject.subject_id}: no {channel} file "
                        f"({subject.subject_id}_{channel}.nii.gz or .nii) in {subject.folder}, "
                        f"which holds {others}")
+  problem = base.not_a_regular_file(path)
+  if problem is not None:  # Opening a FIFO would block the build.
+    raise SubjectError(f"{subject.subject_id}: {path} is {problem}, not a regular file")
   try:
     volume = np.asarray(nib.load(path, mmap=False).get_fdata(dtype=np.float64))
   except Exception as e:  # pylint: disable=broad-except  (nibabel, gzip and zlib errors vary)
@@ -151,12 +158,13 @@ def subject_volume(subject: Subject, frame: tuple[int, int]) -> tuple[np.ndarray
 
   Returns:
     (X', Y', Z, 5) uint8 channels, padded or cropped to `frame` = (X', Y') on the slice axes,
-    and (Z,) booleans: whether the paper's coverage rule keeps each slice.
+    and (Z,) floats: each axial slice's coverage (`preprocessing.coverage` of its padded T1),
+    which the paper's rule (`preprocessing.keep_slice`) compares with MIN_COVERAGE.
 
   Raises:
     SubjectError: naming the subject and the file for a missing or unreadable channel.
   """
-  channels, shape, keep = [], None, None
+  channels, shape, coverage = [], None, None
   for channel in CHANNELS:
     volume = _load(subject, channel)
     if shape is None:
@@ -178,9 +186,9 @@ def subject_volume(subject: Subject, frame: tuple[int, int]) -> tuple[np.ndarray
         raise SubjectError(str(e)) from e
     scaled = preprocessing.center_pad_or_crop(scaled, frame)
     if channel == "t1":
-      keep = np.array([preprocessing.keep_slice(scaled[:, :, z]) for z in range(shape[2])])
+      coverage = np.array([preprocessing.coverage(scaled[:, :, z]) for z in range(shape[2])])
     channels.append(preprocessing.to_uint8(scaled))
-  return np.stack(channels, axis=-1), keep
+  return np.stack(channels, axis=-1), coverage
 
 
 class BratsBuilder(tfds_builder.ArrayRecordBuilder, skip_registration=True):
@@ -254,36 +262,69 @@ class BratsBuilder(tfds_builder.ArrayRecordBuilder, skip_registration=True):
     except SubjectError as e:
       return subject, e
 
+  def _skip(self, subject: Subject, reason: str) -> None:
+    """Records a skipped subject (or, strict, fails naming it and why)."""
+    if self._strict:
+      raise SubjectError(f"{reason} (strict: fix or remove the subject)")
+    _logger.warning("%s: skipping subject %s", self.name, reason)
+    self._skipped[subject.subject_id] = reason
+    metadata = self.info.metadata
+    metadata["num_skipped_subjects"] = len(self._skipped)
+    for key in ("train_subjects", "test_subjects"):
+      metadata[key] = [i for i in metadata[key] if i != subject.subject_id]
+
+  def _filter_rule(self) -> str:
+    size = self.builder_config.slice_size
+    return (f"a slice is kept when more than {preprocessing.MIN_COVERAGE:.0%} of its {size}x{size} "
+            f"pixels have T1 above {preprocessing.COVERAGE_LEVEL:.0f} of 255")
+
   def _generate_examples(self, subjects: list[Subject], split: str):
     config = self.builder_config
     results = tfds_builder.lookahead_map(self._read_subject, subjects, num_threads=4,
                                          lookahead=4)
     results = tfds_builder.progress(results, len(subjects), f"{split} subjects", " subjects")
-    num_written = 0
+    num_written, best_coverage = 0, 0.0
     for rank, (subject, result) in enumerate(results):
       if isinstance(result, SubjectError):
-        if self._strict:
-          raise SubjectError(f"{result} (strict: fix or remove the subject)") from result
-        _logger.warning("%s: skipping subject %s", self.name, result)
-        self._skipped[subject.subject_id] = str(result)
-        metadata = self.info.metadata
-        metadata["num_skipped_subjects"] = len(self._skipped)
-        for key in ("train_subjects", "test_subjects"):
-          metadata[key] = [i for i in metadata[key] if i != subject.subject_id]
+        self._skip(subject, str(result))
         continue
-      channels, keep = result
-      num_written += 1
+      channels, coverage = result
       if config.kind == "volumes":
+        num_written += 1
         volume = np.moveaxis(channels, 2, 0)  # (Z, X', Y', 5): slice z is volume[z].
         yield rank, {"image": preprocessing.center_pad_or_crop(volume, config.volume_shape),
                      "subject_id": subject.subject_id}
         continue
-      for z in np.flatnonzero(keep):
-        yield rank * 10_000 + int(z), {"image": channels[:, :, z], "subject_id": subject.subject_id,
-                                       "slice_index": int(z)}
+      keep = [z for z in range(len(coverage)) if coverage[z] > preprocessing.MIN_COVERAGE]
+      best_coverage = max(best_coverage, float(coverage.max(initial=0.0)))
+      if not keep:
+        self._skip(subject, f"{subject.subject_id}: no axial slice passes the brain-slice filter "
+                            f"({self._filter_rule()}); its best slice covers "
+                            f"{coverage.max(initial=0.0):.1%}")
+        continue
+      num_written += 1
+      for z in keep:
+        yield rank * 10_000 + z, {"image": channels[:, :, z], "subject_id": subject.subject_id,
+                                  "slice_index": z}
     if not num_written:
-      raise ValueError(f"{self.name}: every subject of the {split} split was skipped "
-                       f"({', '.join(s.subject_id for s in subjects)}); see the warnings above")
+      # Raised here, with the reason: TFDS would only say "No examples were yielded".
+      raise ValueError(self._no_example_error(subjects, split, best_coverage))
+
+  def _no_example_error(self, subjects: list[Subject], split: str, best_coverage: float) -> str:
+    """One line: the split's subjects, their folder, and why none of them gave an example."""
+    if not subjects:
+      return f"{self.name}: the {split} split has no subjects (num_test_subjects is 0?)"
+    ids = [s.subject_id for s in subjects]
+    named = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    folder = os.path.dirname(subjects[0].folder)
+    reasons = [self._skipped.get(i, "") for i in ids]
+    if all("brain-slice filter" in reason for reason in reasons):
+      return (f"{self.name}: no slice of the {split} split's {len(ids)} subjects ({named}) in "
+              f"{folder} passes the brain-slice filter ({self._filter_rule()}); the best slice "
+              f"covers {best_coverage:.1%}. Check that the t1 files hold brain scans (not empty "
+              "or mostly background), or prepare the volumes config, which keeps whole volumes")
+    return (f"{self.name}: every subject of the {split} split was skipped ({named}, in "
+            f"{folder}); the first: {reasons[0]}")
 
 
 class Brats2020(BratsBuilder):

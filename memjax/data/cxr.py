@@ -16,6 +16,11 @@ Patient ids come from the file names, so that an audit can tell images of one pa
 `BACTERIA-1008087-0001.jpeg` -> `1008087` (the form of Mendeley's names: the number is taken
 as the patient, the last field as the image). A name of another form gets the id `file:<name>`
 with a warning, and is counted in the metadata (`strict=True` makes it an error).
+
+A JPEG that cannot be decoded (truncated, corrupt), or an entry that is not a regular file (a
+FIFO, a broken link: never opened), is skipped with a warning naming it; the metadata lists the
+skipped files with the reason (`skipped_files`) and their count (`num_skipped_files`), and
+`strict=True` makes a skip an error.
 """
 
 from __future__ import annotations
@@ -24,13 +29,16 @@ import dataclasses
 import logging
 import os
 import re
+import struct
 from typing import Any
+import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from memjax.data import preprocessing
 from memjax.data import tfds_builder
+from memjax.data.sources import base
 
 LABELS = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
@@ -66,7 +74,8 @@ def preprocess(path: str, size: int) -> np.ndarray:
   try:
     with Image.open(path) as image:
       gray = image.convert("L")
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+  except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
+          struct.error, zlib.error, Image.DecompressionBombError) as e:
     raise ValueError(f"{path} cannot be decoded ({e}); re-copy or remove the file") from e
   width, height = gray.size
   side = min(width, height)
@@ -76,23 +85,33 @@ def preprocess(path: str, size: int) -> np.ndarray:
   return preprocessing.to_uint8(resized)[..., None]
 
 
-def find_images(manual_dir: str) -> tuple[str, dict[str, list[tuple[str, str]]]]:
-  """The data's root folder and, per split present, its (relative path, label) pairs, sorted."""
+def find_images(manual_dir: str) -> tuple[str, dict[str, list[tuple[str, str]]],
+                                          dict[str, str]]:
+  """The data's root folder; per split present, its (relative path, label) pairs, sorted; and
+  the JPEG names that are not regular files (relative path: what it is), which are never opened.
+  """
   root = os.path.join(manual_dir, "chest_xray")
   if not os.path.isdir(os.path.join(root, "train")):
     root = manual_dir
-  images = {}
+  images, not_regular = {}, {}
   for split in SPLITS:
     entries = []
     for label in LABELS:
       folder = os.path.join(root, split, label)
       if not os.path.isdir(folder):
         continue
-      entries += [(f"{split}/{label}/{name}", label) for name in sorted(os.listdir(folder))
-                  if not name.startswith(".") and name.lower().endswith(JPEG_EXTENSIONS)]
+      for name in sorted(os.listdir(folder)):
+        if name.startswith(".") or not name.lower().endswith(JPEG_EXTENSIONS):
+          continue
+        relpath = f"{split}/{label}/{name}"
+        problem = base.not_a_regular_file(os.path.join(folder, name))
+        if problem is None:
+          entries.append((relpath, label))
+        else:
+          not_regular[relpath] = f"{os.path.join(folder, name)} is {problem}, not a regular file"
     if entries:
       images[split] = entries
-  return root, images
+  return root, images, not_regular
 
 
 @dataclasses.dataclass
@@ -133,12 +152,16 @@ class CxrPneumonia(tfds_builder.ArrayRecordBuilder):
 
   def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
     manual_dir = self._manual_dir(dl_manager)
-    root, images = find_images(manual_dir)
+    root, images, not_regular = find_images(manual_dir)
     if "train" not in images:
       raise FileNotFoundError(f"{self.name}: no JPEGs in {root}/train/{{NORMAL,PNEUMONIA}}; "
                               f"{self.MANUAL_DIR_ERROR}")
     self._unparsed: list[str] = []
-    self.info.metadata.update(unparsed_file_names=self._unparsed, num_unparsed_file_names=0)
+    self._skipped: dict[str, str] = {}
+    self.info.metadata.update(unparsed_file_names=self._unparsed, num_unparsed_file_names=0,
+                              skipped_files=self._skipped, num_skipped_files=0)
+    for relpath, reason in not_regular.items():
+      self._skip(relpath, reason)
     return {split: self._generate_examples(root, entries, split)
             for split, entries in images.items()}
 
@@ -155,11 +178,35 @@ class CxrPneumonia(tfds_builder.ArrayRecordBuilder):
     self.info.metadata["num_unparsed_file_names"] = len(self._unparsed)
     return f"file:{os.path.basename(relpath)}"
 
+  def _skip(self, relpath: str, reason: str) -> None:
+    """Records a skipped file (or, strict, fails naming it and why)."""
+    if self._strict:
+      raise ValueError(f"{reason} (strict: a file that would be skipped is an error)")
+    _logger.warning("%s: skipping %s: %s", self.name, relpath, reason)
+    self._skipped[relpath] = reason
+    self.info.metadata["num_skipped_files"] = len(self._skipped)
+
   def _generate_examples(self, root: str, entries: list[tuple[str, str]], split: str):
     size = self.builder_config.size
-    images = tfds_builder.lookahead_map(
-        lambda entry: preprocess(os.path.join(root, entry[0]), size), entries)
+
+    def read(entry: tuple[str, str]) -> np.ndarray | ValueError:
+      try:
+        return preprocess(os.path.join(root, entry[0]), size)
+      except ValueError as e:  # Corrupt or truncated: skipped, as the README says.
+        return e
+
+    images = tfds_builder.lookahead_map(read, entries)
     images = tfds_builder.progress(images, len(entries), f"{split} images", " images")
+    num_written = 0
     for key, ((relpath, label), image) in enumerate(zip(entries, images)):
+      if isinstance(image, ValueError):
+        self._skip(relpath, str(image))
+        continue
+      num_written += 1
       yield key, {"image": image, "label": label, "patient_id": self._patient_id(relpath),
                   "file_name": relpath}
+    if not num_written:
+      # Raised here, with the reason: TFDS would only say "No examples were yielded".
+      raise ValueError(f"{self.name}: none of the {len(entries)} JPEGs of the {split} split in "
+                       f"{os.path.join(root, split)} could be decoded; the first: "
+                       f"{self._skipped[entries[0][0]]}")

@@ -10,6 +10,13 @@ from the data's official source.
 One part of TFDS needs TensorFlow: once a split's examples pass 1 GB, its writer spills them to
 temporary bucket files through `tf.io.gfile`. `ArrayRecordBuilder.download_and_prepare` gives it
 plain local files instead when TensorFlow is not installed (see `_bucket_files_without_tf`).
+
+A preparation is never half-visible: TFDS writes into `incomplete.XXXXXX_VERSION/` beside the
+version folder and renames it into place at the end. `download_and_prepare` also holds a lock
+on the config folder (a second preparation fails fast, naming the holder), removes the
+`incomplete.*` folders that a killed preparation left, and rebuilds a prepared data set whose
+array_record files are truncated or missing (`damaged_files` finds them; `check_files` is the
+one-line error that readers raise).
 """
 
 from __future__ import annotations
@@ -18,8 +25,13 @@ import collections
 from collections.abc import Callable, Iterable, Iterator
 import concurrent.futures
 import contextlib
+import dataclasses
 import importlib.util
+import logging
 import os
+import re
+import shutil
+import socket
 import types
 from typing import Any, TypeVar
 
@@ -27,10 +39,14 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from memjax.data.sources import base
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 DATA_DIR_ENV = "MEMJAX_DATA_DIR"
+
+_logger = logging.getLogger(__name__)
 
 
 def default_data_dir() -> str | None:
@@ -58,8 +74,18 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     super().__init__(file_format=file_format, **kwargs)
 
   def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
-    """TFDS's `download_and_prepare`, able to write splits over 1 GB without TensorFlow."""
-    with _bucket_files_without_tf():
+    """TFDS's `download_and_prepare`, able to write splits over 1 GB without TensorFlow, under
+    a lock, after removing what a killed preparation left, and rebuilding damaged files."""
+    with _preparation_lock(self.data_path), _bucket_files_without_tf():
+      _remove_interrupted_preparations(self.data_path)
+      if self.data_path.exists():
+        damaged = damaged_files(self)
+        if damaged:
+          _logger.warning("%s: %s; preparing the data set again", self.info.full_name,
+                          "; ".join(f"{path} {problem}" for path, problem in damaged))
+          config = kwargs.get("download_config") or tfds.download.DownloadConfig()
+          kwargs["download_config"] = dataclasses.replace(
+              config, download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS)
       super().download_and_prepare(*args, **kwargs)
 
   def _dataset_info(self, features: tfds.features.FeaturesDict, description: str,
@@ -87,6 +113,125 @@ def check_manual_dir(path: str | os.PathLike | None, dataset: str, instructions:
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{dataset}: manual_dir {path} does not exist; {instructions}")
   return path
+
+
+def prepare_command(builder: tfds.core.DatasetBuilder) -> str:
+  """The tools/prepare_data.py command line that prepares `builder`'s data set."""
+  config = builder.builder_config
+  dataset = builder.name if config is None else f"{builder.name}/{config.name}"
+  extra = ""
+  if getattr(config, "num_subjects", None) is not None:  # brats.subset_config
+    dataset, extra = f"{builder.name}/{config.kind}", f" --num_subjects={config.num_subjects}"
+  manual = " --manual_dir=DIR" if getattr(builder, "MANUAL_DIR_ERROR", "") else ""
+  return (f"python tools/prepare_data.py --dataset={dataset}{manual}{extra} "
+          f"--data_dir={builder.data_dir_root}")
+
+
+def damaged_files(builder: tfds.core.DatasetBuilder,
+                  split: str | None = None) -> list[tuple[str, str]]:
+  """(path, problem) for each array_record file of `split` (None: every split) that is missing,
+  not a regular file, truncated, or holds another number of records than the data set's info.
+
+  Only each file's footer is read (the array_record index), so this is cheap: a truncated file
+  has lost its footer, which array_record would otherwise report only on the first read, as a
+  RuntimeError that names no file.
+  """
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+  splits = builder.info.splits
+  damaged, seen = [], set()
+  for name in ([split] if split is not None else list(splits.keys())):
+    for instruction in splits[name].file_instructions:
+      path = os.fspath(instruction.filename)
+      if path in seen:
+        continue
+      seen.add(path)
+      problem = base.not_a_regular_file(path)
+      if problem is not None:
+        damaged.append((path, "is missing" if problem == "missing" else f"is {problem}"))
+        continue
+      try:
+        reader = array_record_module.ArrayRecordReader(path, "readahead_buffer_size:0")
+      except (RuntimeError, ValueError, OSError) as e:
+        damaged.append((path, f"cannot be opened ({e})"))
+        continue
+      try:
+        if not reader.ok():
+          damaged.append((path, f"is truncated or corrupt ({os.path.getsize(path)} bytes; its "
+                                "array_record index cannot be read)"))
+        elif reader.num_records() != instruction.examples_in_shard:
+          damaged.append((path, f"holds {reader.num_records()} records, but the data set's "
+                                f"info expects {instruction.examples_in_shard}"))
+      finally:
+        with contextlib.suppress(RuntimeError):  # A reader that is not ok raises its error.
+          reader.close()
+  return damaged
+
+
+def check_files(builder: tfds.core.DatasetBuilder, split: str | None, description: str) -> None:
+  """Raises one-line ValueError naming the first damaged file of `split` and the command that
+  prepares the data set again (which rebuilds it, see `ArrayRecordBuilder`)."""
+  damaged = damaged_files(builder, split)
+  if damaged:
+    path, problem = damaged[0]
+    more = f" (and {len(damaged) - 1} more damaged files)" if len(damaged) > 1 else ""
+    raise ValueError(f"{description}: {path} {problem}{more}; re-run the preparation, which "
+                     f"rebuilds it: {prepare_command(builder)}")
+
+
+def interrupted_preparations(data_path: epath.PathLike) -> list[str]:
+  """The `incomplete.XXXXXX_VERSION` folders beside `data_path` (.../CONFIG/VERSION)."""
+  data_path = epath.Path(data_path)
+  # TFDS's temporary folder: "incomplete." + 6 random characters + "_" + the version.
+  pattern = re.compile(r"incomplete\.[A-Z0-9]{6}_" + re.escape(data_path.name) + "$")
+  if not data_path.parent.exists():
+    return []
+  return sorted(os.fspath(path) for path in data_path.parent.iterdir()
+                if pattern.match(path.name) and path.is_dir())
+
+
+def _remove_interrupted_preparations(data_path: epath.Path) -> None:
+  """Removes what killed preparations left (under the lock, no other preparation is running)."""
+  for folder in interrupted_preparations(data_path):
+    _logger.warning("removing %s, left by an interrupted preparation", folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _preparation_lock(data_path: epath.Path) -> Iterator[None]:
+  """Holds an exclusive lock on the preparation of `data_path`; ValueError naming the holder
+  when another process holds it. Local, writable folders only: a bucket cannot be locked, and
+  where nothing can be written (a prepared data set on a read-only disk) nothing is prepared."""
+  folder = os.fspath(data_path.parent)
+  if "://" in folder:
+    yield
+    return
+  import fcntl  # pylint: disable=g-import-not-at-top  (Unix only)
+
+  path = os.path.join(folder, f".prepare-{data_path.name}.lock")
+  try:
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError:
+    fd = None
+  if fd is None:
+    yield
+    return
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another process"
+      raise ValueError(f"{data_path} is being prepared by {holder} (it holds {path}); wait for "
+                       "it to finish, or stop it and run again") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
+    try:
+      yield
+    finally:
+      os.ftruncate(fd, 0)
+  finally:
+    os.close(fd)  # Releases the lock; the kernel releases it too when the process is killed.
 
 
 def lookahead_map(function: Callable[[T], R], items: Iterable[T], num_threads: int = 4,

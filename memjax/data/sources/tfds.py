@@ -11,6 +11,7 @@ TFDS and memjax's builders are imported when a source is opened, not with this m
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from typing import Any
@@ -70,10 +71,13 @@ class TfdsSource(base.ImageSource):
           f"{data_dir or 'the TFDS default data_dir'}; memjax prepares brats2020, brats2021, "
           "cxr_pneumonia and mni152 with python tools/prepare_data.py") from e
     if not builder.is_prepared():
+      interrupted = tfds_builder.interrupted_preparations(builder.data_path)
       raise FileNotFoundError(
-          f"{self.description} is not prepared in {builder.data_dir}; prepare it with python "
-          f"tools/prepare_data.py --dataset={full_name} --manual_dir=DIR --data_dir=DIR "
-          f"(or set ${tfds_builder.DATA_DIR_ENV})")
+          f"{self.description} is not prepared in {builder.data_dir}"
+          + (f" (an interrupted preparation left {interrupted[0]}, which preparing removes)"
+             if interrupted else "")
+          + f"; prepare it with {tfds_builder.prepare_command(builder)} (and set "
+          f"${tfds_builder.DATA_DIR_ENV} to that data_dir)")
     features = builder.info.features
     if image_key not in features:
       raise ValueError(f"{self.description} has no feature {image_key!r}; it has "
@@ -83,6 +87,10 @@ class TfdsSource(base.ImageSource):
     except (ValueError, KeyError, AssertionError) as e:
       raise ValueError(f"{self.description}: split {split!r} cannot be read ({e}); the splits "
                        f"are {sorted(builder.info.splits.keys())}") from e
+    # A truncated file fails here, in one line naming it, not on the first read.
+    tfds_builder.check_files(builder, split, self.description)
+    self._files = [(os.fspath(instruction.filename), int(instruction.take))
+                   for instruction in builder.info.splits[split].file_instructions]
     shape = tuple(int(s) for s in features[image_key].shape)
     self._squeeze = len(shape) >= 3 and shape[-1] == 1
     self._set_layout(len(self._data), shape[:-1] if self._squeeze else shape,
@@ -95,10 +103,30 @@ class TfdsSource(base.ImageSource):
     self._ids: list[str] | None = None
     self._neighbors: np.ndarray | None = None  # (N, 2): previous, next; -1 for none.
 
+  def _examples(self, data: Any, start: int, stop: int) -> list[Any]:
+    """Examples [start, stop) of `data`; ValueError naming the file when they cannot be read."""
+    try:
+      return data.__getitems__(list(range(start, stop)))
+    except (RuntimeError, ValueError, OSError) as e:  # array_record's errors name no file.
+      from memjax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+
+      files, end = [], 0
+      for path, count in self._files:
+        if end < stop and start < end + count:
+          files.append(path)
+        end += count
+      detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      which = f"example {start}" if stop - start == 1 else f"examples {start}-{stop - 1}"
+      raise ValueError(
+          f"{self.description}: {which} cannot be read from "
+          f"{', '.join(files) or self._builder.data_path} ({detail}); the file is corrupt: "
+          f"remove {self._builder.data_path} and prepare the data set again: "
+          f"{tfds_builder.prepare_command(self._builder)}") from e
+
   def _read_block(self, start: int, stop: int, dtype: np.dtype) -> np.ndarray:
     out = np.empty((stop - start, *self.shape), dtype)
     if stop > start:
-      for row, example in enumerate(self._data.__getitems__(list(range(start, stop)))):
+      for row, example in enumerate(self._examples(self._data, start, stop)):
         out[row] = example[self._image_key].reshape(self.shape)
     return out
 
@@ -118,7 +146,7 @@ class TfdsSource(base.ImageSource):
           split=self._split, decoders={self._image_key: tfds.decode.SkipDecoding()})
       subjects, slices, names = [], [], []
       for start in range(0, n, _ID_CHUNK):
-        for example in data.__getitems__(list(range(start, min(n, start + _ID_CHUNK)))):
+        for example in self._examples(data, start, min(n, start + _ID_CHUNK)):
           subjects.append(_text(example.get("subject_id", "")))
           slices.append(int(example.get("slice_index", -1)))
           names.append(_text(example.get("file_name", "")))
