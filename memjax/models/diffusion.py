@@ -36,6 +36,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
+# The fixed variances of an ancestral step: "small", the posterior variance (guided-diffusion's
+# FIXED_SMALL, its sigma_small), and "large", betas (FIXED_LARGE, what guided-diffusion samples
+# with by default: learn_sigma and sigma_small off).
 VARIANCES = ("small", "large")
 
 
@@ -118,7 +121,11 @@ class GaussianDiffusion:
 
   @functools.cached_property
   def large_log_variance(self) -> np.ndarray:
-    """log of guided-diffusion's FIXED_LARGE variance: betas, with the posterior's at t = 0."""
+    """log of guided-diffusion's FIXED_LARGE variance: betas, with posterior_variance[1] at t = 0.
+
+    `np.log(np.append(posterior_variance[1], betas[1:]))`, as guided-diffusion's p_mean_variance
+    (its choice at t = 0 is for the decoder's likelihood; a sampling step adds no noise there).
+    """
     return _read_only(np.log(np.append(self.posterior_variance[1], self.betas[1:])))
 
 
@@ -215,13 +222,14 @@ def _predict_x0(diffusion, model_fn, xt, t, clip_denoised):
 
 
 def ddpm_step(diffusion: GaussianDiffusion, model_fn: ModelFn, xt: jax.Array, t: jax.Array,
-              key: jax.Array, clip_denoised: bool = True, *, variance: str = "small") -> jax.Array:
+              key: jax.Array, clip_denoised: bool = True, *, variance: str = "large") -> jax.Array:
   """One ancestral step x_t -> x_{t-1} (guided-diffusion's `p_sample`); no noise where t == 0.
 
   The mean is the posterior mean at the predicted x_0 (clipped to [-1, 1] with `clip_denoised`);
   the standard deviation is exp(log_variance / 2) times `jax.random.normal(key, xt.shape,
-  xt.dtype)`, with variance "small" (the posterior variance, guided-diffusion's FIXED_SMALL) or
-  "large" (betas, FIXED_LARGE, what guided-diffusion uses when learn_sigma and sigma_small are off).
+  xt.dtype)`, with variance "large" (betas, FIXED_LARGE, what guided-diffusion uses when
+  learn_sigma and sigma_small are off, its default) or "small" (the posterior variance,
+  FIXED_SMALL).
   """
   if variance not in VARIANCES:
     raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
@@ -246,9 +254,11 @@ def _laid_out(x: jax.Array, sharding: jax.sharding.Sharding | None) -> jax.Array
 
 
 def ddpm_sample(diffusion: GaussianDiffusion, model_fn: ModelFn, shape: tuple[int, ...],
-                key: jax.Array, clip_denoised: bool = True, *, variance: str = "small",
+                key: jax.Array, clip_denoised: bool = True, *, variance: str = "large",
                 sharding: jax.sharding.Sharding | None = None) -> jax.Array:
   """Samples of `shape` after all T ancestral steps from x_T ~ N(0, I), in one `lax.fori_loop`.
+
+  Every step is `ddpm_step` with `variance` ("large": guided-diffusion's default, "small").
 
   `sharding`, when given, is kept on the image batch through every step (e.g. the batch split over
   a data mesh); otherwise the compiler chooses.
