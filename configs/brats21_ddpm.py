@@ -4,8 +4,9 @@ r"""The paper's DDPM on BraTS 2021 axial slices: 256x256, five channels (t1, t2,
   python launch.py --config=configs/brats21_ddpm.py --workdir=runs/brats21_ddpm \
       --config.workflow=sample
 
-Follows Akbar, Wang & Eklund (MLST 2025) on BraTS 2021: the same guided-diffusion settings as for
-BraTS 2020 (configs/cxr_ddpm.py's `paper_ddpm`), on the slices of the 1195 training subjects.
+Follows Akbar, Wang & Eklund (MLST 2025) on BraTS 2021: the same guided-diffusion run as for
+BraTS 2020 (configs/cxr_ddpm.py's `paper_ddpm`: their flags over guided-diffusion's defaults),
+on the slices of the 1195 training subjects.
 
 Prepare the data first (tools/prepare_data.py --dataset=brats2021/slices --manual_dir=BRATS).
 """

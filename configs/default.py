@@ -84,14 +84,31 @@ def ddpm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Adds a U-Net DDPM's keys to `config`, at openai/guided-diffusion's defaults.
 
   model.* are the U-Net's (memjax/models/unet.py; channels and image size come from the data),
-  diffusion.* the noise schedule, sample.* the sampler of the sample workflow and of grids.
+  diffusion.* the noise schedule, sample.* the sampler of the sample workflow and of grids. The
+  values are guided-diffusion's `script_util.model_and_diffusion_defaults()`, under its names
+  (num_channels is model_channels, diffusion_steps is diffusion.num_steps): 128 channels, 2
+  residual blocks per level, channel_mult by image size, attention at 16 and 8 with 4 heads,
+  scale-shift norm, no dropout, 1000 linear steps, learn_sigma and sigma_small off (so sampling
+  uses the FIXED_LARGE variance). Its other defaults are memjax's fixed choices: no class
+  conditioning, conv_resample, an epsilon model, the MSE loss (use_kl, predict_xstart,
+  rescale_timesteps and rescale_learned_sigmas off), num_heads_upsample = num_heads.
+  The optimizer keys stay the common ones of `get_config`; the paper configs
+  (configs/cxr_ddpm.py) set guided-diffusion's (no warm-up, no clipping).
   """
   config.model.name = "ddpm"
-  config.model.model_channels = 128
-  config.model.channel_mult = (1, 2, 2, 2)
+  config.model.model_channels = 128  # guided-diffusion's num_channels
+  # (): guided-diffusion's choice for the image size: 64: (1, 2, 3, 4), 128: (1, 1, 2, 3, 4),
+  # 256: (1, 1, 2, 2, 4, 4), 512: (0.5, 1, 1, 2, 2, 4, 4).
+  config.model.channel_mult = ()
   config.model.num_res_blocks = 2
-  config.model.attention_resolutions = (16, 8)  # feature-map sides with self-attention
-  config.model.num_head_channels = 64  # -1: one head
+  # Feature-map sides with self-attention (the middle block always attends); guided-diffusion's
+  # "16,8", which it turns into the downsampling factors image_size // 16 and image_size // 8.
+  config.model.attention_resolutions = (16, 8)
+  config.model.num_heads = 4  # heads per attention layer, when num_head_channels is -1
+  config.model.num_head_channels = -1  # channels per head; -1: num_heads heads
+  config.model.use_scale_shift_norm = True  # the embedding scales and shifts the 2nd GroupNorm
+  config.model.resblock_updown = False  # True: ResBlocks down- and upsample, not convs
+  config.model.use_new_attention_order = False  # True: qkv split before heads (QKVAttention)
   config.model.dropout = 0.0
 
   config.diffusion = ml_collections.ConfigDict()
@@ -100,6 +117,9 @@ def ddpm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
   config.sample = ml_collections.ConfigDict()
   config.sample.method = "ddpm"  # all diffusion steps, ancestral; or "ddim"
+  # The ancestral steps' variance: "large" (betas, guided-diffusion's FIXED_LARGE, its default)
+  # or "small" (the posterior variance, FIXED_SMALL: create_gaussian_diffusion's sigma_small).
+  config.sample.variance = "large"
   config.sample.num_steps = 0  # DDIM steps; 0: all of them
   config.sample.eta = 0.0  # DDIM's noise; 0: deterministic
   return config

@@ -169,10 +169,42 @@ def test_paper_ddpm_config_is_configs_cxr_ddpm():
   from configs import cxr_ddpm  # pylint: disable=g-import-not-at-top
   want, got = cxr_ddpm.get_config(), timing.paper_ddpm_config()
   for section in ("model", "diffusion", "sample", "optimizer"):
+    assert set(got[section]) == set(want[section]), section
     for key, value in got[section].items():
       assert want[section][key] == value, f"{section}.{key}"
   for key in ("batch_size", "ema_decay", "num_train_steps", "seed"):
     assert want[key] == got[key], key
+
+
+def test_sample_variance_reaches_the_ancestral_sampler(monkeypatch):
+  seen = []
+
+  def recording_sample(*args, variance, **kwargs):
+    del args, kwargs
+    seen.append(variance)
+
+  monkeypatch.setattr(ddpm.diffusion_lib, "ddpm_sample", recording_sample)
+  state = type("State", (), {"sampling_model": None})()
+  for variance in ("small", "large"):
+    trainer = ddpm.make_trainer(make_config(**{"sample.method": "ddpm",
+                                               "sample.variance": variance}))
+    trainer.generate(state, jax.random.key(0), (1, SIZE, SIZE, 1), None)
+  assert seen == ["small", "large"]
+  config = make_config(**{"sample.method": "ddpm"})
+  del config.sample["variance"]  # a config without the key: guided-diffusion's default
+  ddpm.make_trainer(config).generate(state, jax.random.key(0), (1, SIZE, SIZE, 1), None)
+  assert seen[-1] == "large"
+  with pytest.raises(ValueError, match="sample.variance must be one of"):
+    ddpm.make_trainer(make_config(**{"sample.variance": "learned"}))
+
+
+def test_empty_channel_mult_is_guided_diffusions_choice_for_the_image_size():
+  options = make_config(**{"model.channel_mult": ()}).model
+  model = nnx.eval_shape(lambda: ddpm.make_model(options, (64, 64, 1), nnx.Rngs(0)))
+  assert model.middle_in.in_conv.in_features == 4 * 32  # (1, 2, 3, 4) at 64x64
+  assert sum(isinstance(block, unet.Downsample) for block in model.down_blocks) == 3
+  with pytest.raises(ValueError, match=r"channel_mult=\(\).*48"):
+    ddpm.make_model(options, (48, 48, 1), nnx.Rngs(0))
 
 
 def test_compute_dtype_is_checked():
@@ -258,14 +290,25 @@ def test_paper_configs_build_the_paper_models():
     assert config.data.source == source and config.workflow == "train"
     assert (config.model.model_channels, config.model.num_res_blocks) == (64, 3)
     assert config.model.channel_mult == (1, 1, 2, 2, 4, 4)
-    assert config.model.attention_resolutions == (32, 16, 8)
+    # guided-diffusion's model_and_diffusion_defaults() under the authors' flags.
+    assert config.model.attention_resolutions == (16, 8)
+    assert (config.model.num_heads, config.model.num_head_channels) == (4, -1)
+    assert config.model.use_scale_shift_norm is True
+    assert config.model.resblock_updown is False and config.model.use_new_attention_order is False
+    assert config.model.dropout == 0.0
+    assert (config.sample.method, config.sample.variance) == ("ddpm", "large")
     assert (config.diffusion.schedule, config.diffusion.num_steps) == ("linear", 4000)
     assert (config.optimizer.learning_rate, config.batch_size, config.ema_decay) == (
         1e-4, 32, 0.9999)
+    assert (config.optimizer.warmup_steps, config.optimizer.grad_clip_norm,
+            config.optimizer.weight_decay) == (0, 0.0, 0.0)
   # The BraTS model (five channels) and the 3D one are built without allocating their weights.
   config = brats20_ddpm.get_config()
   model = nnx.eval_shape(lambda: ddpm.make_model(config.model, (256, 256, 5), nnx.Rngs(0)))
   assert model.in_channels == model.out_channels == 5
+  assert unet.count_parameters(model) == 41_125_637  # tests/test_unet.py's guided-diffusion count
+  assert model.middle_attention.num_heads == 4 and model.middle_in.use_scale_shift_norm
   config = brats20_ddpm_3d.get_config()
   model = nnx.eval_shape(lambda: ddpm.make_model(config.model, (40, 60, 60, 5), nnx.Rngs(0)))
   assert model.dims == 3
+  assert model.middle_attention.num_heads == 4 and model.middle_in.use_scale_shift_norm

@@ -1,15 +1,23 @@
 """The noise-prediction U-Net of Ho et al. (2020) as openai/guided-diffusion builds it, in Flax NNX.
 
 Images are channels last, (N, H, W, C) for `dims=2` and (N, D, H, W, C) for `dims=3`. The network
-follows guided-diffusion's `UNetModel` (with `conv_resample=True`, `resblock_updown=False` and no
-class conditioning), so a configuration there and here have the same layers and parameter count:
+follows guided-diffusion's `UNetModel` (with `conv_resample=True` and no class conditioning), so a
+configuration there and here have the same layers and parameter count:
 
   timestep -> sinusoids -> Linear -> SiLU -> Linear   (the embedding every ResBlock reads)
   input conv 3x3
-  down: per level `num_res_blocks` x (ResBlock [+ attention]), then a stride-2 conv between levels
+  down: per level `num_res_blocks` x (ResBlock [+ attention]), then between levels a stride-2
+        conv (or, with `resblock_updown`, a ResBlock that average-pools)
   middle: ResBlock, attention, ResBlock
-  up: per level `num_res_blocks + 1` x (ResBlock on [h, skip] [+ attention]), then nearest x2 + conv
+  up: per level `num_res_blocks + 1` x (ResBlock on [h, skip] [+ attention]), then nearest x2 +
+      conv (or, with `resblock_updown`, a ResBlock that repeats pixels)
   out: GroupNorm -> SiLU -> conv 3x3 (zero-initialised)
+
+guided-diffusion's other switches are here under its names: `num_heads` (heads per attention
+layer, used when `num_head_channels` is -1), `num_head_channels`, `use_scale_shift_norm` and
+`use_new_attention_order`. Its `model_and_diffusion_defaults()` are num_heads=4,
+num_head_channels=-1, use_scale_shift_norm=True, resblock_updown=False and
+use_new_attention_order=False (configs/default.py's `ddpm`).
 
 Weights start as PyTorch's defaults do (kernels and biases uniform in +-1/sqrt(fan_in)), and the
 last layer of every residual branch and of the network starts at zero, as guided-diffusion's
@@ -30,6 +38,23 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 GROUP_NORM_GROUPS = 32
 GROUP_NORM_EPSILON = 1e-5  # PyTorch's GroupNorm default, which guided-diffusion uses.
+
+# guided-diffusion's channel_mult for each image size when its --channel_mult is "" (the default).
+GUIDED_DIFFUSION_CHANNEL_MULT = {
+    512: (0.5, 1, 1, 2, 2, 4, 4),
+    256: (1, 1, 2, 2, 4, 4),
+    128: (1, 1, 2, 3, 4),
+    64: (1, 2, 3, 4),
+}
+
+
+def guided_diffusion_channel_mult(image_size: int) -> tuple[float, ...]:
+  """The channel multipliers guided-diffusion's `create_model` picks for `image_size`."""
+  if image_size not in GUIDED_DIFFUSION_CHANNEL_MULT:
+    raise ValueError(
+        f"guided-diffusion chooses channel_mult only for image sizes "
+        f"{sorted(GUIDED_DIFFUSION_CHANNEL_MULT)}, not {image_size}: set model.channel_mult")
+  return GUIDED_DIFFUSION_CHANNEL_MULT[image_size]
 
 
 def timestep_embedding(timesteps: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -157,6 +182,13 @@ def _reshape(x: jax.Array, shape) -> jax.Array:
   return jax.lax.reshape(x, tuple(shape), out_sharding=NamedSharding(sharding.mesh, spec))
 
 
+def _downsample_mean(x: jax.Array) -> jax.Array:
+  """Halves every spatial axis of (N, *spatial, C) by averaging 2x2 (2x2x2) blocks."""
+  n, *spatial, c = x.shape
+  blocks = _reshape(x, [n] + [size for side in spatial for size in (side // 2, 2)] + [c])
+  return jnp.mean(blocks, axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
+
+
 def _upsample_nearest(x: jax.Array) -> jax.Array:
   """Doubles every spatial axis of (N, *spatial, C) by repeating each pixel (or voxel)."""
   n, *spatial, c = x.shape
@@ -166,17 +198,28 @@ def _upsample_nearest(x: jax.Array) -> jax.Array:
   return _reshape(expanded, [n] + [2 * side for side in spatial] + [c])
 
 
+RESAMPLE = (None, "down", "up")
+
+
 class ResBlock(nnx.Module):
   """Residual block conditioned on the timestep embedding (guided-diffusion's `ResBlock`).
 
   GroupNorm -> SiLU -> conv3x3, plus a projection of the embedding (added, or a FiLM-like scale and
   shift of the second norm with `use_scale_shift_norm`), GroupNorm -> SiLU -> dropout ->
   zero-initialised conv3x3, added to the input (through a 1x1 conv when the channels change).
+
+  `resample` "down" or "up" makes it guided-diffusion's up/down block (`resblock_updown`): the
+  input and the branch (after the first SiLU, before the first conv) are halved by 2x2 averaging
+  or doubled by repeating pixels, without learned weights.
   """
 
   def __init__(self, in_channels: int, out_channels: int, emb_channels: int, *, dims: int,
-               dropout: float, use_scale_shift_norm: bool, dtype, rngs: nnx.Rngs):
+               dropout: float, use_scale_shift_norm: bool, dtype, rngs: nnx.Rngs,
+               resample: str | None = None):
+    if resample not in RESAMPLE:
+      raise ValueError(f"resample must be one of {RESAMPLE}, got {resample!r}")
     self.use_scale_shift_norm = use_scale_shift_norm
+    self.resample = resample
     self.in_norm = _group_norm(in_channels, rngs=rngs)
     self.in_conv = _conv(in_channels, out_channels, dims, dtype=dtype, rngs=rngs)
     emb_features = 2 * out_channels if use_scale_shift_norm else out_channels
@@ -189,7 +232,11 @@ class ResBlock(nnx.Module):
                  if in_channels != out_channels else None)
 
   def __call__(self, x: jax.Array, emb: jax.Array, *, deterministic: bool) -> jax.Array:
-    h = self.in_conv(nnx.silu(self.in_norm(x)))
+    h = nnx.silu(self.in_norm(x))
+    if self.resample is not None:
+      resample = _downsample_mean if self.resample == "down" else _upsample_nearest
+      h, x = resample(h), resample(x)
+    h = self.in_conv(h)
     emb_out = self.emb_proj(nnx.silu(emb)).astype(h.dtype)
     emb_out = _reshape(emb_out, (emb_out.shape[0],) + (1,) * (h.ndim - 2) + (emb_out.shape[-1],))
     if self.use_scale_shift_norm:
@@ -207,19 +254,28 @@ class ResBlock(nnx.Module):
 class AttentionBlock(nnx.Module):
   """Multi-head self-attention over all pixels (or voxels), added to the input.
 
-  guided-diffusion's `AttentionBlock` with the legacy head order: the 1x1 qkv projection's output
-  channels are, per head, that head's q, k and v. `num_head_channels=-1` means a single head.
+  guided-diffusion's `AttentionBlock`: heads of `num_head_channels` channels each, or, with
+  `num_head_channels=-1`, `num_heads` heads whatever the channels. The 1x1 qkv projection's output
+  channels are, per head, that head's q, k and v (the legacy order, `QKVAttentionLegacy`), or with
+  `use_new_attention_order` all heads' q, then all k, then all v (`QKVAttention`).
   """
 
-  def __init__(self, channels: int, num_head_channels: int, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, channels: int, num_head_channels: int = -1, *, num_heads: int = 1,
+               use_new_attention_order: bool = False, dtype, rngs: nnx.Rngs):
     if num_head_channels == -1:
-      self.num_heads = 1
+      if num_heads < 1 or channels % num_heads:
+        raise ValueError(
+            f"attention over {channels} channels cannot be split into {num_heads} heads: "
+            f"num_heads must divide the channels of every level with attention (used when "
+            f"num_head_channels is -1)")
+      self.num_heads = num_heads
     elif num_head_channels <= 0 or channels % num_head_channels:
       raise ValueError(
           f"attention over {channels} channels cannot use heads of {num_head_channels} channels: "
           f"num_head_channels must divide the channels of every level with attention (or be -1)")
     else:
       self.num_heads = channels // num_head_channels
+    self.use_new_attention_order = use_new_attention_order
     self.norm = _group_norm(channels, rngs=rngs)
     self.qkv = _linear(channels, 3 * channels, dtype=dtype, rngs=rngs)
     self.proj_out = _linear(channels, channels, zero_init=True, dtype=dtype, rngs=rngs)
@@ -228,8 +284,13 @@ class AttentionBlock(nnx.Module):
     n, c = x.shape[0], x.shape[-1]
     length = math.prod(x.shape[1:-1])
     h = _reshape(self.norm(x), (n, length, c))
-    qkv = _reshape(self.qkv(h), (n, length, self.num_heads, 3, c // self.num_heads))
-    q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
+    head_channels = c // self.num_heads
+    if self.use_new_attention_order:
+      qkv = _reshape(self.qkv(h), (n, length, 3, self.num_heads, head_channels))
+      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    else:
+      qkv = _reshape(self.qkv(h), (n, length, self.num_heads, 3, head_channels))
+      q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
     attended = jax.nn.dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(head channels)) v
     return x + _reshape(self.proj_out(_reshape(attended, (n, length, c))), x.shape)
 
@@ -260,10 +321,13 @@ class Upsample(nnx.Module):
 
 
 class ResidualStage(nnx.Module):
-  """One entry of the U-Net's paths: a ResBlock, then attention and upsampling where configured."""
+  """One entry of the U-Net's paths: a ResBlock, then attention and upsampling where configured.
+
+  The upsampling is an `Upsample`, or with `resblock_updown` a ResBlock with resample="up".
+  """
 
   def __init__(self, res_block: ResBlock, attention: AttentionBlock | None = None,
-               upsample: Upsample | None = None):
+               upsample: Upsample | ResBlock | None = None):
     self.res_block = res_block
     self.attention = attention
     self.upsample = upsample
@@ -272,7 +336,9 @@ class ResidualStage(nnx.Module):
     x = self.res_block(x, emb, deterministic=deterministic)
     if self.attention is not None:
       x = self.attention(x)
-    if self.upsample is not None:
+    if isinstance(self.upsample, ResBlock):
+      x = self.upsample(x, emb, deterministic=deterministic)
+    elif self.upsample is not None:
       x = self.upsample(x)
     return x
 
@@ -281,9 +347,14 @@ class UNet(nnx.Module):
   """Predicts the noise in x_t from x_t and t: guided-diffusion's `UNetModel`, channels last.
 
   `attention_resolutions` are spatial sides (16: attention where the feature maps are 16x16, at
-  downsampling factor image_size // 16), as guided-diffusion's command-line flag means them; each
+  downsampling factor image_size // 16), as guided-diffusion's command-line flag means them
+  (its `create_model` turns "16,8" into the factors image_size // 16 and image_size // 8); each
   must be the side of one of the levels. Inputs may have any spatial size divisible by
   2**(len(channel_mult) - 1); attention sits at the levels chosen from `image_size`.
+
+  Attention layers have `num_heads` heads when `num_head_channels` is -1, else heads of
+  `num_head_channels` channels (guided-diffusion's rule); `use_new_attention_order`,
+  `use_scale_shift_norm` and `resblock_updown` are guided-diffusion's switches of the same names.
 
   Dropout (when `dropout > 0`) draws its masks from the `dropout` stream of the `rngs` given at
   construction (the `default` stream when there is none), kept as rng state inside the model, and
@@ -301,21 +372,23 @@ class UNet(nnx.Module):
   def __init__(self, *, in_channels: int, out_channels: int, model_channels: int = 64,
                channel_mult: tuple[int, ...] = (1, 2, 4, 8), num_res_blocks: int = 2,
                attention_resolutions: tuple[int, ...] = (16,), num_head_channels: int = 64,
-               dropout: float = 0.0, dims: int = 2, image_size: int = 64,
-               use_scale_shift_norm: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+               num_heads: int = 1, dropout: float = 0.0, dims: int = 2, image_size: int = 64,
+               use_scale_shift_norm: bool = False, resblock_updown: bool = False,
+               use_new_attention_order: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
     draw = _OneDraw()
     _OneDraw.active.append(draw)
     try:
       self._build(in_channels, out_channels, model_channels, channel_mult, num_res_blocks,
-                  attention_resolutions, num_head_channels, dropout, dims, image_size,
-                  use_scale_shift_norm, dtype, rngs)
+                  attention_resolutions, num_head_channels, num_heads, dropout, dims,
+                  image_size, use_scale_shift_norm, resblock_updown, use_new_attention_order,
+                  dtype, rngs)
     finally:
       _OneDraw.active.remove(draw)
     draw.fill(self, rngs.params())
 
   def _build(self, in_channels, out_channels, model_channels, channel_mult, num_res_blocks,
-             attention_resolutions, num_head_channels, dropout, dims, image_size,
-             use_scale_shift_norm, dtype, rngs):
+             attention_resolutions, num_head_channels, num_heads, dropout, dims, image_size,
+             use_scale_shift_norm, resblock_updown, use_new_attention_order, dtype, rngs):
     if dims not in (2, 3):
       raise ValueError(f"dims must be 2 (images) or 3 (volumes), got {dims}")
     if not channel_mult or num_res_blocks < 1 or model_channels < 1:
@@ -342,12 +415,25 @@ class UNet(nnx.Module):
     self.dtype = dtype
     emb_channels = 4 * model_channels
 
-    def res_block(in_ch, out_ch):
+    def res_block(in_ch, out_ch, resample=None):
       return ResBlock(in_ch, out_ch, emb_channels, dims=dims, dropout=dropout,
-                      use_scale_shift_norm=use_scale_shift_norm, dtype=dtype, rngs=rngs)
+                      use_scale_shift_norm=use_scale_shift_norm, dtype=dtype, rngs=rngs,
+                      resample=resample)
 
     def attention(ch):
-      return AttentionBlock(ch, num_head_channels, dtype=dtype, rngs=rngs)
+      return AttentionBlock(ch, num_head_channels, num_heads=num_heads,
+                            use_new_attention_order=use_new_attention_order, dtype=dtype,
+                            rngs=rngs)
+
+    def downsample(ch):
+      if resblock_updown:
+        return ResidualStage(res_block(ch, ch, "down"))
+      return Downsample(ch, dims=dims, dtype=dtype, rngs=rngs)
+
+    def upsample(ch):
+      if resblock_updown:
+        return res_block(ch, ch, "up")
+      return Upsample(ch, dims=dims, dtype=dtype, rngs=rngs)
 
     self.time_embed_in = _linear(model_channels, emb_channels, dtype=dtype, rngs=rngs)
     self.time_embed_out = _linear(emb_channels, emb_channels, dtype=dtype, rngs=rngs)
@@ -365,7 +451,7 @@ class UNet(nnx.Module):
         ch = level_channels
         skip_channels.append(ch)
       if level != len(channel_mult) - 1:
-        down_blocks.append(Downsample(ch, dims=dims, dtype=dtype, rngs=rngs))
+        down_blocks.append(downsample(ch))
         skip_channels.append(ch)
     self.down_blocks = nnx.List(down_blocks)
 
@@ -378,11 +464,11 @@ class UNet(nnx.Module):
       level_channels = int(mult * model_channels)
       with_attention = level_resolutions[level] in attention_resolutions
       for i in range(num_res_blocks + 1):
-        upsample = level > 0 and i == num_res_blocks
+        with_upsample = level > 0 and i == num_res_blocks
         up_blocks.append(ResidualStage(
             res_block(ch + skip_channels.pop(), level_channels),
             attention(level_channels) if with_attention else None,
-            Upsample(level_channels, dims=dims, dtype=dtype, rngs=rngs) if upsample else None))
+            upsample(level_channels) if with_upsample else None))
         ch = level_channels
     self.up_blocks = nnx.List(up_blocks)
 

@@ -54,17 +54,20 @@ def paper_ddpm_config(batch_size: int = 32, dtype: str = "float32") -> Any:
   """The training settings of configs/cxr_ddpm.py (Akbar et al.'s guided-diffusion), as a config.
 
   The same keys and values as `configs.cxr_ddpm.get_config()` for everything the DDPM trainer
-  reads (the U-Net of 256x256x1 images, ~40 M parameters; 4000 linear diffusion steps; AdamW at
-  1e-4; EMA 0.9999), without importing configs/*.py; `model.dtype` is `dtype`.
+  reads (the U-Net of 256x256x1 images, 41,121,025 parameters: attention at 16 and 8 with 4
+  heads, scale-shift norm; 4000 linear diffusion steps sampled with the FIXED_LARGE variance;
+  AdamW at 1e-4; EMA 0.9999), without importing configs/*.py; `model.dtype` is `dtype`.
   """
   return _options({
       "seed": 0, "batch_size": int(batch_size), "num_train_steps": 200_000,
       "ema_decay": 0.9999,
       "model": {"name": "ddpm", "model_channels": 64, "channel_mult": (1, 1, 2, 2, 4, 4),
-                "num_res_blocks": 3, "attention_resolutions": (32, 16, 8),
-                "num_head_channels": 64, "dropout": 0.0, "dtype": dtype},
+                "num_res_blocks": 3, "attention_resolutions": (16, 8), "num_heads": 4,
+                "num_head_channels": -1, "use_scale_shift_norm": True,
+                "resblock_updown": False, "use_new_attention_order": False, "dropout": 0.0,
+                "dtype": dtype},
       "diffusion": {"schedule": "linear", "num_steps": 4000},
-      "sample": {"method": "ddpm", "num_steps": 0, "eta": 0.0},
+      "sample": {"method": "ddpm", "variance": "large", "num_steps": 0, "eta": 0.0},
       "optimizer": {"learning_rate": 1e-4, "schedule": "constant", "warmup_steps": 0,
                     "final_learning_rate_fraction": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
                     "weight_decay": 0.0, "grad_clip_norm": 0.0},
