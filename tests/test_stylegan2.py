@@ -19,6 +19,7 @@ from configs import default
 from memjax import parallel
 from memjax.data import pipeline
 from memjax.models import stylegan2 as sg
+from memjax.models import stylegan2_ops as ops
 from memjax.train import loop
 from memjax.train import stylegan2
 
@@ -59,14 +60,14 @@ def numpy_upfirdn2d(x, taps, up, down, padding, gain, flip_filter=False):
 def test_fir_filtering_matches_float64_numpy(rng, up, down, padding, gain):
   x = rng.standard_normal((2, 9, 7, 3)).astype(np.float32)
   taps = rng.uniform(0.1, 1.0, 4)  # Asymmetric: a wrong flip would show.
-  got = sg.upfirdn2d(jnp.asarray(x), tuple(taps), up=up, down=down, padding=padding, gain=gain)
+  got = ops.upfirdn2d(jnp.asarray(x), tuple(taps), up=up, down=down, padding=padding, gain=gain)
   want = numpy_upfirdn2d(x, taps, up, down, padding, gain)
   assert got.shape == want.shape
   np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-5)
 
 
 def test_resample_filter_is_normalised_1_3_3_1():
-  taps = np.asarray(sg.fir_taps())
+  taps = np.asarray(ops.fir_taps())
   np.testing.assert_allclose(np.outer(taps, taps), np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64)
 
 
@@ -98,7 +99,7 @@ def test_transposed_convolution_both_ways_matches_float64_and_each_other(rng, pa
   gradients and gradients of gradients (R1 and path length differentiate twice)."""
   x = jnp.asarray(rng.standard_normal((2, 5, 4, 3)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((3, 4, 3, 3)), jnp.float32)
-  ways = {explicit: (lambda x, w, explicit=explicit: sg._conv_transpose2d(
+  ways = {explicit: (lambda x, w, explicit=explicit: ops.conv_transpose2d(
       x, w, 2, padding, rewritten_gradient=explicit)) for explicit in (True, False)}
   expected = numpy_conv_transpose2d(x, w, 2, padding)
   for f in ways.values():
@@ -123,7 +124,7 @@ def test_strided_convolution_rewritten_gradients_match_xlas(rng, padding, size):
   """The discriminator's stride-2 convolution: values, gradients and gradients of gradients."""
   x = jnp.asarray(rng.standard_normal((2, size, size - 1, 3)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((4, 3, 3, 3)), jnp.float32)
-  ways = {rewritten: (lambda x, w, rewritten=rewritten: sg._conv2d(
+  ways = {rewritten: (lambda x, w, rewritten=rewritten: ops.conv2d(
       x, w, 2, padding, rewritten_gradient=rewritten)) for rewritten in (True, False)}
   expected = numpy_conv(np.asarray(x), np.asarray(w), padding)[:, ::2, ::2]
   for f in ways.values():
@@ -146,8 +147,8 @@ def test_demodulated_weights_have_unit_norm_per_output_feature(rng):
   x = rng.standard_normal((n, 6, 6, cin)).astype(np.float32)
   weight = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
   styles = rng.uniform(0.2, 2.0, (n, cin)).astype(np.float32)
-  got = np.asarray(sg.modulated_conv2d(jnp.asarray(x), jnp.asarray(weight), jnp.asarray(styles),
-                                       padding=1))
+  got = np.asarray(ops.modulated_conv2d(jnp.asarray(x), jnp.asarray(weight),
+                                        jnp.asarray(styles), padding=1))
   for i in range(n):
     # The per-image weights: modulated by the styles, each output feature scaled to unit norm.
     modulated = weight.astype(np.float64) * styles[i].astype(np.float64)[None, :, None, None]

@@ -1,19 +1,21 @@
 """StyleGAN2 (Karras et al. 2020) in Flax NNX, layer for layer as NVlabs' stylegan2-ada-pytorch.
 
-The generator is the mapping network (z normalised, 8 fully connected layers at learning-rate
-multiplier 0.01, a tracked average of w for truncation) and the synthesis network (a learned 4x4
-constant, modulated 3x3 convolutions with weight demodulation, per-pixel noise with learned
-strength, FIR up-sampling with the [1, 3, 3, 1] filter, and the "skip" architecture's toRGB
-outputs summed over resolutions). The discriminator is the "resnet" architecture: fromRGB,
-residual blocks with FIR down-sampling, then the minibatch standard deviation layer, a
-convolution and two fully connected layers. Every layer has equalized learning rate: weights are
-stored N(0, 1) (over the learning-rate multiplier) and scaled by 1/sqrt(fan_in) when used.
+The generator is the mapping network (z normalised, `mapping_layers` fully connected layers, 8 by
+default, at learning-rate multiplier 0.01, a tracked average of w for truncation) and the synthesis
+network (a learned 4x4 constant, modulated 3x3 convolutions with weight demodulation, per-pixel
+noise with learned strength, FIR up-sampling with the [1, 3, 3, 1] filter, and the "skip"
+architecture's toRGB outputs summed over resolutions). The discriminator is the "resnet"
+architecture: fromRGB, residual blocks with FIR down-sampling, then the minibatch standard deviation
+layer, a convolution and two fully connected layers. Every layer has equalized learning rate:
+weights are stored N(0, 1) (over the learning-rate multiplier) and scaled by 1/sqrt(fan_in) when
+used.
 
 Images are channels last, (N, H, W, C), in [-1, 1], any C (1 for chest x-rays, 5 for BraTS). The
 parameters keep PyTorch's layouts and names (a convolution's weight is [out, in, kh, kw], a dense
 layer's [out, in]; `synthesis.b8.conv0.affine.weight`), so that `load_torch_state_dict` copies a
 stylegan2-ada-pytorch state dict in without reshaping anything, and every border, padding and
-filter flip follows the reference's `conv2d_resample` and `upfirdn2d`. Modulation is applied to
+filter flip follows the reference's `conv2d_resample` and `upfirdn2d` (their transcriptions, with
+the CPU's gradient rewrites, are `memjax.models.stylegan2_ops`). Modulation is applied to
 the activations rather than folded into per-sample weights (the reference's `fused_modconv=False`
 path; the same function, one ordinary convolution per layer for the whole batch). Mixed precision
 is `dtype` (G's and D's convolutions, their activations and FIR filters, at every resolution,
@@ -24,7 +26,6 @@ the affine styles, demodulation, the image summed over toRGBs and D's 4x4 epilog
 from __future__ import annotations
 
 from collections.abc import Mapping
-import functools
 import math
 
 from flax import nnx
@@ -33,270 +34,12 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-SQRT2 = math.sqrt(2.0)
-LRELU_SLOPE = 0.2
-RESAMPLE_FILTER = (1, 3, 3, 1)
-_DIMENSIONS = ("NHWC", "OIHW", "NHWC")
+from memjax.models import stylegan2_ops as ops
+from memjax.models.stylegan2_ops import SQRT2
 
 
 class Buffer(nnx.Variable):
   """State that is not trained by gradients: the tracked w average and the constant noise maps."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Operations: bias + activation, FIR filtering, and convolutions with resampling.
-
-
-def bias_act(x: jax.Array, bias: jax.Array | None = None, activation: str = "linear",
-             gain: float | None = None, clamp: float | None = None) -> jax.Array:
-  """x + bias (on the last axis), the activation, times `gain` (default: the activation's), clamped.
-
-  The order and the default gains (sqrt(2) for leaky ReLU, 1 for linear) are the reference's
-  `bias_act`.
-  """
-  if bias is not None:
-    x = x + bias
-  if activation == "lrelu":
-    x = jnp.where(x >= 0, x, x * LRELU_SLOPE)
-    default_gain = SQRT2
-  elif activation == "linear":
-    default_gain = 1.0
-  else:
-    raise ValueError(f"unknown activation {activation!r}")
-  gain = default_gain if gain is None else gain
-  if gain != 1:
-    x = x * gain
-  if clamp is not None and clamp >= 0:
-    x = jnp.clip(x, -clamp, clamp)
-  return x
-
-
-def fir_taps(taps=RESAMPLE_FILTER) -> tuple[float, ...]:
-  """A separable FIR filter's 1D taps, normalised so that the 2D filter sums to 1.
-
-  A tuple, not an array: NNX would take an array attribute of a module for state.
-  """
-  total = float(sum(taps))
-  return tuple(float(t) / total for t in taps)
-
-
-def upfirdn2d(x: jax.Array, taps, up: int = 1, down: int = 1,
-              padding: tuple[int, int, int, int] = (0, 0, 0, 0), gain: float = 1.0,
-              flip_filter: bool = False) -> jax.Array:
-  """Up-sample by zero insertion, pad, filter with the separable 2D filter, down-sample.
-
-  As the reference's `upfirdn2d`: each sample is followed by up-1 zeros, `padding` is (x0, x1, y0,
-  y1) and may be negative (a crop), the 2D filter is the outer product of `taps` (flipped unless
-  `flip_filter`) times `gain`, and every `down`-th output is kept. x is (N, H, W, C).
-  """
-  n, h, w, c = x.shape
-  if up > 1:
-    x = x.reshape(n, h, 1, w, 1, c)
-    x = jnp.pad(x, ((0, 0), (0, 0), (0, up - 1), (0, 0), (0, up - 1), (0, 0)))
-    x = x.reshape(n, h * up, w * up, c)
-  x0, x1, y0, y1 = padding
-  x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (y0, y1, 0), (x0, x1, 0), (0, 0, 0)))
-  taps = np.asarray(taps, np.float32)
-  if not flip_filter:
-    taps = taps[::-1]
-  taps = taps * np.float32(gain) ** 0.5  # Half the gain per axis.
-  # Each axis in turn, as shifted slices weighted and summed: XLA's CPU depthwise convolutions
-  # are an order of magnitude slower than these few multiply-adds.
-  for axis in (1, 2):
-    length = (x.shape[axis] - len(taps)) // down + 1
-    span = (length - 1) * down + 1
-    x = sum(float(t) * lax.slice_in_dim(x, i, i + span, stride=down, axis=axis)
-            for i, t in enumerate(taps))
-  return x
-
-
-def upsample2d(x: jax.Array, taps, up: int = 2) -> jax.Array:
-  """x2 up-sampling with the FIR filter, gain up^2 (the reference's `upsample2d`)."""
-  k = len(taps)
-  return upfirdn2d(x, taps, up=up, padding=((k + up - 1) // 2, (k - up) // 2) * 2, gain=up**2)
-
-
-def _conv2d(x: jax.Array, w: jax.Array, stride: int = 1, padding: int = 0,
-            flip_weight: bool = True, rewritten_gradient: bool | None = None) -> jax.Array:
-  """PyTorch's conv2d (a correlation) with weight [out, in, kh, kw]; flipped: a true convolution.
-
-  A strided convolution's input gradient is an input-dilated convolution, whose own weight
-  gradient (which R1 needs: it differentiates the input gradient) XLA:CPU takes on a slow path.
-  With `rewritten_gradient` (the default on the CPU) the input gradient is `_strided_input_grad`,
-  whose gradients are rewritten through the adjoint as in `_dilated_conv`.
-  """
-  if not flip_weight:
-    w = w[:, :, ::-1, ::-1]
-  if rewritten_gradient is None:
-    rewritten_gradient = jax.default_backend() == "cpu"
-  if stride > 1 and rewritten_gradient:
-    return _strided_conv(x, w, stride, padding)
-  return _plain_conv(x, w, stride, padding)
-
-
-def _plain_conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
-  return lax.conv_general_dilated(x, w, (stride, stride), ((padding, padding),) * 2,
-                                  dimension_numbers=_DIMENSIONS)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _strided_conv(x: jax.Array, w: jax.Array, stride: int, padding: int) -> jax.Array:
-  return _plain_conv(x, w, stride, padding)
-
-
-def _strided_conv_forward(x, w, stride, padding):
-  return _plain_conv(x, w, stride, padding), (x, w)
-
-
-def _strided_conv_backward(stride, padding, residuals, grad):
-  x, w = residuals
-  (grad_w,) = jax.linear_transpose(lambda k: _plain_conv(x, k, stride, padding), w)(grad)
-  return _strided_input_grad(grad, w, stride, padding, x.shape), grad_w
-
-
-_strided_conv.defvjp(_strided_conv_forward, _strided_conv_backward)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _strided_input_grad(grad: jax.Array, w: jax.Array, stride: int, padding: int,
-                        x_shape: tuple[int, ...]) -> jax.Array:
-  """The input gradient of `_plain_conv` (linear in grad and in w), XLA's input-dilated conv."""
-  example = jax.ShapeDtypeStruct(x_shape, grad.dtype)
-  return jax.linear_transpose(lambda x: _plain_conv(x, w, stride, padding), example)(grad)[0]
-
-
-def _strided_input_grad_forward(grad, w, stride, padding, x_shape):
-  return _strided_input_grad(grad, w, stride, padding, x_shape), (grad, w)
-
-
-def _strided_input_grad_backward(stride, padding, x_shape, residuals, cotangent):
-  grad, w = residuals
-  # <A(w)^T grad, c> = <grad, A(w) c>: both gradients are the strided conv's, at input c.
-  out, vjp = jax.vjp(lambda k: _plain_conv(cotangent, k, stride, padding), w)
-  return out, vjp(grad)[0]
-
-
-_strided_input_grad.defvjp(_strided_input_grad_forward, _strided_input_grad_backward)
-
-
-def _conv_transpose2d(x: jax.Array, w: jax.Array, stride: int, padding: int,
-                      flip_weight: bool = True, rewritten_gradient: bool | None = None
-                      ) -> jax.Array:
-  """PyTorch's conv_transpose2d with w [in, out, kh, kw], as a correlation of the dilated input.
-
-  XLA:CPU computes the weight gradient of an input-dilated convolution on a slow path (8 inputs
-  of 16x16x512: 13 s, against 72 ms for the forward pass). With `rewritten_gradient` (the
-  default on the CPU) that gradient is taken as the weight gradient of the strided convolution
-  that is this one's adjoint (`_dilated_conv`), which XLA computes quickly; the values are the
-  same. Elsewhere the gradient is XLA's own.
-  """
-  if not flip_weight:
-    w = w[:, :, ::-1, ::-1]
-  k = w.shape[2]
-  kernel = jnp.swapaxes(w, 0, 1)[:, :, ::-1, ::-1]  # [out, in, kh, kw], spatially reversed.
-  edge = k - 1 - padding
-  if rewritten_gradient is None:
-    rewritten_gradient = jax.default_backend() == "cpu"
-  if rewritten_gradient:
-    return _dilated_conv(x, kernel, stride, edge)
-  return _lhs_dilated_conv(x, kernel, stride, edge)
-
-
-def _lhs_dilated_conv(x: jax.Array, kernel: jax.Array, stride: int, edge: int) -> jax.Array:
-  return lax.conv_general_dilated(x, kernel, (1, 1), ((edge, edge),) * 2,
-                                  lhs_dilation=(stride, stride), dimension_numbers=_DIMENSIONS)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _dilated_conv(x: jax.Array, kernel: jax.Array, stride: int, edge: int) -> jax.Array:
-  """`_lhs_dilated_conv`, whose kernel gradient is taken through its adjoint (see above)."""
-  return _lhs_dilated_conv(x, kernel, stride, edge)
-
-
-def _dilated_conv_forward(x, kernel, stride, edge):
-  return _lhs_dilated_conv(x, kernel, stride, edge), (x, kernel)
-
-
-def _dilated_conv_backward(stride, edge, residuals, grad):
-  x, kernel = residuals
-
-  def adjoint(k):  # grad -> the input gradient, a strided convolution, linear in k and grad
-    return jax.linear_transpose(lambda inputs: _lhs_dilated_conv(inputs, k, stride, edge),
-                                x)(grad)[0]
-
-  # <conv(x, k), grad> = <x, adjoint(k)>: the kernel gradient is adjoint's, at cotangent x.
-  grad_x, adjoint_vjp = jax.vjp(adjoint, kernel)
-  return grad_x, adjoint_vjp(x)[0]
-
-
-_dilated_conv.defvjp(_dilated_conv_forward, _dilated_conv_backward)
-
-
-def conv2d_resample(x: jax.Array, w: jax.Array, taps=None, up: int = 1,
-                    down: int = 1, padding: int = 0, flip_weight: bool = True) -> jax.Array:
-  """A convolution (weight [out, in, k, k]) with FIR up- or down-sampling, as the reference's.
-
-  Up-sampling is a stride-2 transposed convolution followed by the filter; down-sampling filters
-  first and then convolves with stride 2 (1x1 kernels: filter, decimate, convolve).
-  """
-  k = w.shape[2]
-  f = 0 if taps is None else len(taps)
-  p0 = p1 = padding
-  if up > 1:
-    p0 += (f + up - 1) // 2
-    p1 += (f - up) // 2
-  if down > 1:
-    p0 += (f - down + 1) // 2
-    p1 += (f - down) // 2
-  if up > 1 and down > 1:
-    raise NotImplementedError("up- and down-sampling in one convolution")
-  if down > 1:
-    if k == 1:
-      x = upfirdn2d(x, taps, down=down, padding=(p0, p1, p0, p1))
-      return _conv2d(x, w, flip_weight=flip_weight)
-    x = upfirdn2d(x, taps, padding=(p0, p1, p0, p1))
-    return _conv2d(x, w, stride=down, flip_weight=flip_weight)
-  if up > 1:
-    if k == 1:
-      x = _conv2d(x, w, flip_weight=flip_weight)
-      return upfirdn2d(x, taps, up=up, padding=(p0, p1, p0, p1), gain=up**2)
-    p0 -= k - 1
-    p1 -= k - up
-    transposed = max(min(-p0, -p1), 0)
-    x = _conv_transpose2d(x, jnp.swapaxes(w, 0, 1), up, transposed, flip_weight=not flip_weight)
-    edges = (p0 + transposed, p1 - transposed)
-    return upfirdn2d(x, taps, padding=edges * 2, gain=up**2)
-  if p0 != p1 or p0 < 0:
-    raise NotImplementedError(f"asymmetric padding ({p0}, {p1}) without resampling")
-  return _conv2d(x, w, padding=p0, flip_weight=flip_weight)
-
-
-def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array,
-                     noise: jax.Array | None = None, up: int = 1, padding: int = 0,
-                     taps=None, demodulate: bool = True,
-                     flip_weight: bool = True) -> jax.Array:
-  """Modulated (and demodulated) convolution of (N, H, W, in) by weight [out, in, k, k].
-
-  Each image's input channels are scaled by its styles (N, in); with `demodulate`, each output
-  channel is then divided by the norm of its modulated weights, sqrt(sum_{i,k} (s_i w_oik)^2 +
-  1e-8), so that activations keep unit variance. `noise` (N, H, W, 1) is added after.
-  The convolution runs in x's dtype; the demodulation coefficients are computed in float32.
-  """
-  dtype = x.dtype
-  x = x * styles.astype(dtype)[:, None, None, :]
-  x = conv2d_resample(x, weight.astype(dtype), taps, up=up, padding=padding,
-                      flip_weight=flip_weight)
-  if demodulate:
-    squared = jnp.sum(jnp.square(weight), axis=(2, 3))  # [out, in]
-    coefficients = lax.rsqrt(jnp.square(styles) @ squared.T + 1e-8)  # (N, out)
-    x = x * coefficients.astype(dtype)[:, None, None, :]
-  if noise is not None:
-    x = x + noise.astype(dtype)
-  return x
-
-
-def normalize_2nd_moment(x: jax.Array, eps: float = 1e-8) -> jax.Array:
-  return x * lax.rsqrt(jnp.mean(jnp.square(x), axis=1, keepdims=True) + eps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,7 +60,7 @@ class FullyConnected(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x @ (self.weight[...] * self.weight_gain).T
-    return bias_act(x, self.bias[...] * self.bias_gain, self.activation)
+    return ops.bias_act(x, self.bias[...] * self.bias_gain, self.activation)
 
 
 class Conv2dLayer(nnx.Module):
@@ -332,19 +75,19 @@ class Conv2dLayer(nnx.Module):
     self.padding = kernel_size // 2
     self.conv_clamp = conv_clamp
     self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size**2)
-    self.taps = fir_taps()
+    self.taps = ops.fir_taps()
     self.weight = nnx.Param(jax.random.normal(
         rngs.params(), (out_channels, in_channels, kernel_size, kernel_size)))
     self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32)) if bias else None
 
   def __call__(self, x: jax.Array, gain: float = 1.0) -> jax.Array:
     weight = (self.weight[...] * self.weight_gain).astype(self.dtype)
-    x = conv2d_resample(x.astype(self.dtype), weight, self.taps, down=self.down,
-                        padding=self.padding, flip_weight=True)
+    x = ops.conv2d_resample(x.astype(self.dtype), weight, self.taps, down=self.down,
+                            padding=self.padding, flip_weight=True)
     default = SQRT2 if self.activation == "lrelu" else 1.0
     clamp = None if self.conv_clamp is None else self.conv_clamp * gain
-    return bias_act(x, None if self.bias is None else self.bias[...].astype(x.dtype),
-                    self.activation, gain=default * gain, clamp=clamp)
+    return ops.bias_act(x, None if self.bias is None else self.bias[...].astype(x.dtype),
+                        self.activation, gain=default * gain, clamp=clamp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,7 +113,7 @@ class MappingNetwork(nnx.Module):
 
   def transform(self, z: jax.Array) -> jax.Array:
     """(N, z_dim) -> (N, w_dim), before broadcasting and truncation."""
-    x = normalize_2nd_moment(z)
+    x = ops.normalize_2nd_moment(z)
     for i in range(self.num_layers):
       x = getattr(self, f"fc{i}")(x)
     return x
@@ -403,7 +146,7 @@ class SynthesisLayer(nnx.Module):
   def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, *,
                up: int = 1, conv_clamp: float | None = None, rngs: nnx.Rngs):
     self.up, self.resolution, self.conv_clamp = up, resolution, conv_clamp
-    self.taps = fir_taps()
+    self.taps = ops.fir_taps()
     self.affine = FullyConnected(w_dim, in_channels, bias_init=1.0, rngs=rngs)
     self.weight = nnx.Param(jax.random.normal(rngs.params(), (out_channels, in_channels, 3, 3)))
     self.noise_const = Buffer(jax.random.normal(rngs.params(), (resolution, resolution)))
@@ -421,10 +164,10 @@ class SynthesisLayer(nnx.Module):
       noise = (self.noise_const[...] * self.noise_strength[...])[None, :, :, None]
     elif noise_mode != "none":
       raise ValueError(f"noise_mode must be 'random', 'const' or 'none', not {noise_mode!r}")
-    x = modulated_conv2d(x, self.weight[...], styles, noise, up=self.up, padding=1,
-                         taps=self.taps, flip_weight=self.up == 1)
+    x = ops.modulated_conv2d(x, self.weight[...], styles, noise, up=self.up, padding=1,
+                             taps=self.taps, flip_weight=self.up == 1)
     clamp = None if self.conv_clamp is None else self.conv_clamp * gain
-    return bias_act(x, self.bias[...].astype(x.dtype), "lrelu", gain=SQRT2 * gain, clamp=clamp)
+    return ops.bias_act(x, self.bias[...].astype(x.dtype), "lrelu", gain=SQRT2 * gain, clamp=clamp)
 
 
 class ToRGBLayer(nnx.Module):
@@ -440,8 +183,8 @@ class ToRGBLayer(nnx.Module):
 
   def __call__(self, x: jax.Array, w: jax.Array) -> jax.Array:
     styles = self.affine(w) * self.weight_gain
-    x = modulated_conv2d(x, self.weight[...], styles, demodulate=False).astype(jnp.float32)
-    return bias_act(x, self.bias[...], clamp=self.conv_clamp)
+    x = ops.modulated_conv2d(x, self.weight[...], styles, demodulate=False).astype(jnp.float32)
+    return ops.bias_act(x, self.bias[...], clamp=self.conv_clamp)
 
 
 class SynthesisBlock(nnx.Module):
@@ -452,7 +195,7 @@ class SynthesisBlock(nnx.Module):
                rngs: nnx.Rngs):
     self.in_channels = in_channels
     self.dtype = dtype  # of the features; the image stays float32
-    self.taps = fir_taps()
+    self.taps = ops.fir_taps()
     if in_channels == 0:
       self.const = nnx.Param(jax.random.normal(rngs.params(), (out_channels, 4, 4)))
     else:
@@ -474,7 +217,7 @@ class SynthesisBlock(nnx.Module):
       x = self.conv0(x, ws[:, 0], noise_mode, keys[0])
       x = self.conv1(x, ws[:, 1], noise_mode, keys[1])
     if img is not None:
-      img = upsample2d(img, self.taps)
+      img = ops.upsample2d(img, self.taps)
     y = self.torgb(x, ws[:, self.num_conv])
     return x, y if img is None else img + y
 
@@ -709,9 +452,9 @@ def _load(model: nnx.Module, state: Mapping[str, np.ndarray], kind: str) -> None
         raise ValueError(f"{kind} tensor {name}: the state dict's shape {value.shape} differs "
                          f"from the memjax model's {tuple(variable.shape)}; build the model with "
                          "the reference's architecture")
-      variable[...] = jnp.asarray(value, variable.dtype)
+      variable.set_value(jnp.asarray(value, variable.dtype))  # Also into an abstract model.
     elif name.rsplit(".", 1)[-1] in _FIXED_BUFFERS:
-      expected = np.outer(fir_taps(), fir_taps())
+      expected = np.outer(ops.fir_taps(), ops.fir_taps())
       if value.shape != expected.shape or not np.allclose(value, expected, atol=1e-6):
         raise ValueError(f"{kind} buffer {name} is not the [1, 3, 3, 1] filter memjax uses")
     else:
