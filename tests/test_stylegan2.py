@@ -365,6 +365,45 @@ def test_one_step_is_the_same_on_4_and_1_devices():
   assert float(one.pl_mean[...]) > 0  # The path-length mean moved off 0.
 
 
+def test_each_phase_gets_the_same_named_keys_whichever_phases_run(monkeypatch):
+  """The keys handed to each phase depend on the step key and the phase alone: recorded with the
+  phases replaced by recorders, they are the same in every variant of the step (a step with the
+  regularizers draws Gmain's and Dmain's numbers as one without them), and no two draws share a
+  key. Drawn from one stream in call order, skipping Greg would hand Dmain other fakes."""
+  config = make_config(**{"ada.augment": "none", "data.mirror": True})
+  settings = stylegan2._Settings(config)
+  state = stylegan2.make_trainer(config).init_state(jax.random.key(0), (SIZE, SIZE, 1))
+  batch = {"image": jnp.zeros((8, SIZE, SIZE, 1))}
+  key = jax.random.key(7)
+  seen = {}
+
+  def recorder(phase, keys_at, result):
+    def record(*args):
+      seen[phase] = {k: tuple(np.asarray(jax.random.key_data(v)).ravel())
+                     for k, v in args[keys_at].items()}
+      return result
+    return record
+
+  zero, signs = jnp.float32(0), jnp.asarray([1.0, 8.0])
+  monkeypatch.setattr(stylegan2, "mirror", recorder("mirror", 1, batch["image"]))
+  monkeypatch.setattr(stylegan2, "g_main", recorder("Gmain", 2, zero))
+  monkeypatch.setattr(stylegan2, "g_reg", recorder("Greg", 2, zero))
+  monkeypatch.setattr(stylegan2, "d_main", recorder("Dmain", 2, (zero, signs)))
+  monkeypatch.setattr(stylegan2, "d_reg", recorder("Dreg", 2, (zero, signs)))
+  runs = []
+  for variant in ((False, False), (True, False), (False, True), (True, True)):
+    seen.clear()
+    stylegan2.train_step(state, batch, key, settings=settings, variant=variant)
+    due = {"Greg": variant[0], "Dreg": variant[1]}
+    assert set(seen) == {phase for phase in stylegan2._DRAWS if due.get(phase, True)}
+    runs.append(dict(seen))
+  for phase in stylegan2._DRAWS:
+    recorded = [run[phase] for run in runs if phase in run]
+    assert recorded and all(r == recorded[0] for r in recorded), phase
+  every = [k for run in runs[-1].values() for k in run.values()]
+  assert len(set(every)) == len(every) == sum(len(d) for d in stylegan2._DRAWS.values())
+
+
 def test_ada_raises_p_when_d_overfits_and_keeps_it_near_0_when_it_cannot():
   """G is frozen (learning rate 0). Overfitting: 8 fixed real images, which D learns to tell from
   G's images, so its outputs on reals turn positive and p rises. Cannot overfit: the "real"

@@ -16,7 +16,9 @@ buffers. Gradients are sanitised (NaN -> 0, +-inf -> +-1e5) as the reference doe
 
 The phases that run only every few steps make three variants of the step (neither regularizer,
 path length, both), each compiled once (`loop.Trainer.variant`), and the step's key alone decides
-its noise: a resumed run redraws the same.
+its noise: a resumed run redraws the same. Each phase is a function of its own (`g_main`, `g_reg`,
+`d_main`, `d_reg`) that draws only from its own named keys (`phase_keys`), so whether a
+regularizer runs in a step, or where a phase sits in the code, changes no other phase's draws.
 
   python launch.py --config=configs/demo_stylegan2.py --workdir=runs/demo_stylegan2
   python launch.py --config=configs/demo_stylegan2.py --workdir=runs/demo_stylegan2 \
@@ -144,132 +146,179 @@ def regularizers_due(step: int, settings: _Settings) -> tuple[bool, bool]:
           settings.r1_gamma > 0 and step % settings.r1_interval == 0)
 
 
-def train_step(state: StyleGAN2State, batch: dict[str, jax.Array], key: jax.Array, *,
-               settings: _Settings, variant: tuple[bool, bool]) -> dict[str, jax.Array]:
-  """One batch of the phases due (`variant`: `regularizers_due`), the EMA and ADA's adjustment."""
-  do_pl, do_r1 = variant
-  s = settings
-  reals = batch["image"]
-  n = reals.shape[0]
-  keys = iter(jax.random.split(key, 16))
-  if s.mirror:
-    flip = jax.random.bernoulli(next(keys), 0.5, (n, 1, 1, 1))
-    reals = jnp.where(flip, reals[:, :, ::-1], reals)
-  step = state.step[...]
-  p = state.augment_p[...] if s.augment != "none" else None
+# Every random draw of a step has a name and its own slot among the step key's splits, so that
+# no phase's draws depend on which other phases run in that step or on the order the code calls
+# them (NVlabs' `accumulate_gradients(phase)` runs each phase on its own).
+_DRAWS = {
+    "mirror": {"flip": 0},
+    "Gmain": {"z": 1, "mixing": 2, "noise": 3, "augment": 4},
+    "Greg": {"z": 5, "mixing": 6, "noise": 7, "pl_noise": 8},
+    "Dmain": {"z": 9, "mixing": 10, "noise": 11, "augment_fake": 12, "augment_real": 13},
+    "Dreg": {"augment": 14},
+}
+_SLOTS = 16
 
-  def discriminate(discriminator, images, aug_key):
-    if p is not None:
-      images = augment_lib.augment(images, aug_key, p, s.augment_options)
-    return discriminator(images)
 
-  # Gmain.
-  z_key, mix_key, noise_key, aug_key = (next(keys) for _ in range(4))
+def phase_keys(key: jax.Array, phase: str) -> dict[str, jax.Array]:
+  """The named keys of one phase ("mirror", "Gmain", "Greg", "Dmain", "Dreg") of the step `key`."""
+  slots = jax.random.split(key, _SLOTS)
+  return {name: slots[slot] for name, slot in _DRAWS[phase].items()}
 
-  def g_main_loss(generator, discriminator):
-    z = jax.random.normal(z_key, (n, s.z_dim))
-    ws, w = _mapped(generator, z, mix_key, s.style_mixing_prob)
-    fakes = generator.synthesis(ws, "random", noise_key)
-    logits = discriminate(discriminator, fakes, aug_key)
+
+def _discriminate(discriminator: stylegan2_lib.Discriminator, images: jax.Array,
+                  key: jax.Array, p: jax.Array | None, s: _Settings) -> jax.Array:
+  """D's logits for `images`, through the augmentation at probability p (none when p is None)."""
+  if p is not None:
+    images = augment_lib.augment(images, key, p, s.augment_options)
+  return discriminator(images)
+
+
+def _fakes(generator: stylegan2_lib.Generator, count: int, keys: dict[str, jax.Array],
+           s: _Settings) -> tuple[jax.Array, jax.Array]:
+  """(images, w) of `count` fresh z, style-mixed and with random noise, from a phase's keys."""
+  z = jax.random.normal(keys["z"], (count, s.z_dim))
+  ws, w = _mapped(generator, z, keys["mixing"], s.style_mixing_prob)
+  return generator.synthesis(ws, "random", keys["noise"]), w
+
+
+def mirror(reals: jax.Array, keys: dict[str, jax.Array]) -> jax.Array:
+  """Each real image flipped left-right with probability 1/2 (the reference's --mirror=1)."""
+  flip = jax.random.bernoulli(keys["flip"], 0.5, (reals.shape[0], 1, 1, 1))
+  return jnp.where(flip, reals[:, :, ::-1], reals)
+
+
+def g_main(state: StyleGAN2State, count: int, keys: dict[str, jax.Array], p: jax.Array | None,
+           s: _Settings) -> jax.Array:
+  """Gmain: G's Adam step on softplus(-D(G(z))) for `count` fakes; the tracked w average moves."""
+
+  def loss(generator, discriminator):
+    fakes, w = _fakes(generator, count, keys, s)
+    logits = _discriminate(discriminator, fakes, keys["augment"], p, s)
     return jnp.mean(jax.nn.softplus(-logits)), w
 
-  (g_loss, w), grads = nnx.value_and_grad(g_main_loss, has_aux=True)(
-      state.generator, state.discriminator)
+  (g_loss, w), grads = nnx.value_and_grad(loss, has_aux=True)(state.generator,
+                                                               state.discriminator)
   state.g_optimizer.update(state.generator, _sanitize(grads))
   state.generator.mapping.update_w_avg(w)
+  return g_loss
 
-  # Greg: path-length regularization.
-  pl_keys = [next(keys) for _ in range(4)]
 
-  def g_reg(state):
-    z_key, mix_key, noise_key, pl_key = pl_keys
-    count = max(n // s.pl_batch_shrink, 1)
+def g_reg(state: StyleGAN2State, count: int, keys: dict[str, jax.Array],
+          s: _Settings) -> jax.Array:
+  """Greg: path-length regularization on count / pl_batch_shrink fakes; the mean penalty."""
+  count = max(count // s.pl_batch_shrink, 1)
 
-    def pl_loss(generator):
-      z = jax.random.normal(z_key, (count, s.z_dim))
-      ws, w = _mapped(generator, z, mix_key, s.style_mixing_prob)
-      images, pullback = jax.vjp(lambda ws: generator.synthesis(ws, "random", noise_key), ws)
-      pl_noise = jax.random.normal(pl_key, images.shape) / math.sqrt(
-          images.shape[1] * images.shape[2])
-      (gradients,) = pullback(pl_noise)
-      lengths = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(gradients), axis=2), axis=1))
-      pl_mean = state.pl_mean[...]
-      pl_mean = pl_mean + s.pl_decay * (jnp.mean(lengths) - pl_mean)
-      penalty = jnp.square(lengths - jax.lax.stop_gradient(pl_mean))
-      return jnp.mean(penalty) * s.pl_weight * s.pl_interval, (jnp.mean(penalty), pl_mean, w)
+  def loss(generator):
+    z = jax.random.normal(keys["z"], (count, s.z_dim))
+    ws, w = _mapped(generator, z, keys["mixing"], s.style_mixing_prob)
+    images, pullback = jax.vjp(lambda ws: generator.synthesis(ws, "random", keys["noise"]), ws)
+    pl_noise = jax.random.normal(keys["pl_noise"], images.shape) / math.sqrt(
+        images.shape[1] * images.shape[2])
+    (gradients,) = pullback(pl_noise)
+    lengths = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(gradients), axis=2), axis=1))
+    pl_mean = state.pl_mean[...]
+    pl_mean = pl_mean + s.pl_decay * (jnp.mean(lengths) - pl_mean)
+    penalty = jnp.square(lengths - jax.lax.stop_gradient(pl_mean))
+    return jnp.mean(penalty) * s.pl_weight * s.pl_interval, (jnp.mean(penalty), pl_mean, w)
 
-    (_, (penalty, pl_mean, w)), grads = nnx.value_and_grad(pl_loss, has_aux=True)(
-        state.generator)
-    state.g_optimizer.update(state.generator, _sanitize(grads))
-    state.generator.mapping.update_w_avg(w)
-    state.pl_mean[...] = jax.lax.stop_gradient(pl_mean)
-    return penalty
+  (_, (penalty, pl_mean, w)), grads = nnx.value_and_grad(loss, has_aux=True)(state.generator)
+  state.g_optimizer.update(state.generator, _sanitize(grads))
+  state.generator.mapping.update_w_avg(w)
+  state.pl_mean[...] = jax.lax.stop_gradient(pl_mean)
+  return penalty
 
-  pl_penalty = g_reg(state) if do_pl else jnp.float32(jnp.nan)
 
-  # Dmain.
-  z_key, mix_key, noise_key, fake_aug, real_aug = (next(keys) for _ in range(5))
-  z = jax.random.normal(z_key, (n, s.z_dim))
-  ws, w = _mapped(state.generator, z, mix_key, s.style_mixing_prob)
-  fakes = jax.lax.stop_gradient(state.generator.synthesis(ws, "random", noise_key))
+def d_main(state: StyleGAN2State, reals: jax.Array, keys: dict[str, jax.Array],
+           p: jax.Array | None, s: _Settings) -> tuple[jax.Array, jax.Array]:
+  """Dmain: D's Adam step on softplus(D(G(z))) + softplus(-D(x)); (loss, [sum of signs of
+  D(real), count]) for ADA."""
+  fakes, w = _fakes(state.generator, reals.shape[0], keys, s)
+  fakes = jax.lax.stop_gradient(fakes)
   state.generator.mapping.update_w_avg(w)
 
-  def d_main_loss(discriminator):
-    fake_logits = discriminate(discriminator, fakes, fake_aug)
-    real_logits = discriminate(discriminator, reals, real_aug)
-    loss = jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
-    return loss, real_logits
+  def loss(discriminator):
+    fake_logits = _discriminate(discriminator, fakes, keys["augment_fake"], p, s)
+    real_logits = _discriminate(discriminator, reals, keys["augment_real"], p, s)
+    total = jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
+    return total, real_logits
 
-  (d_loss, real_logits), grads = nnx.value_and_grad(d_main_loss, has_aux=True)(
-      state.discriminator)
+  (d_loss, real_logits), grads = nnx.value_and_grad(loss, has_aux=True)(state.discriminator)
   state.d_optimizer.update(state.discriminator, _sanitize(grads))
-  signs = jnp.stack([jnp.sum(jnp.sign(real_logits)), jnp.float32(n)])
+  return d_loss, jnp.stack([jnp.sum(jnp.sign(real_logits)), jnp.float32(reals.shape[0])])
 
-  # Dreg: R1 on reals (through the augmentation, as the reference differentiates D(aug(x))).
-  r1_key = next(keys)
 
-  def d_reg(state):
+def d_reg(state: StyleGAN2State, reals: jax.Array, keys: dict[str, jax.Array],
+          p: jax.Array | None, s: _Settings) -> tuple[jax.Array, jax.Array]:
+  """Dreg: R1 on reals, gamma/2 |grad_x D(aug(x))|^2 (the reference differentiates through the
+  augmentation); (the mean penalty, [sum of signs of D(real), count])."""
 
-    def r1_loss(discriminator):
-      logits, pullback = jax.vjp(lambda x: discriminate(discriminator, x, r1_key), reals)
-      (gradients,) = pullback(jnp.ones_like(logits))
-      penalty = jnp.sum(jnp.square(gradients), axis=(1, 2, 3))
-      return (jnp.mean(penalty) * (s.r1_gamma / 2) * s.r1_interval,
-              (jnp.mean(penalty), jax.lax.stop_gradient(logits)))
+  def loss(discriminator):
+    logits, pullback = jax.vjp(
+        lambda x: _discriminate(discriminator, x, keys["augment"], p, s), reals)
+    (gradients,) = pullback(jnp.ones_like(logits))
+    penalty = jnp.sum(jnp.square(gradients), axis=(1, 2, 3))
+    return (jnp.mean(penalty) * (s.r1_gamma / 2) * s.r1_interval,
+            (jnp.mean(penalty), jax.lax.stop_gradient(logits)))
 
-    (_, (penalty, logits)), grads = nnx.value_and_grad(r1_loss, has_aux=True)(
-        state.discriminator)
-    state.d_optimizer.update(state.discriminator, _sanitize(grads))
-    return penalty, jnp.stack([jnp.sum(jnp.sign(logits)), jnp.float32(n)])
+  (_, (penalty, logits)), grads = nnx.value_and_grad(loss, has_aux=True)(state.discriminator)
+  state.d_optimizer.update(state.discriminator, _sanitize(grads))
+  return penalty, jnp.stack([jnp.sum(jnp.sign(logits)), jnp.float32(reals.shape[0])])
 
-  r1_penalty = jnp.float32(jnp.nan)
-  if do_r1:
-    r1_penalty, r1_signs = d_reg(state)
-    signs = signs + r1_signs
 
-  # The generator's EMA: half-life ema_kimg thousand images, ramped up by ema_rampup.
+def update_ema(state: StyleGAN2State, count: int, s: _Settings) -> None:
+  """The generator's EMA: half-life ema_kimg thousand images, ramped up by ema_rampup; the
+  buffers (w average, constant noise) are copied."""
   ema_nimg = jnp.float32(s.ema_kimg * 1000)
   if s.ema_rampup is not None:
-    ema_nimg = jnp.minimum(ema_nimg, (step * n).astype(jnp.float32) * float(s.ema_rampup))
-  beta = jnp.power(0.5, n / jnp.maximum(ema_nimg, 1e-8))
+    images_seen = (state.step[...] * count).astype(jnp.float32)
+    ema_nimg = jnp.minimum(ema_nimg, images_seen * float(s.ema_rampup))
+  beta = jnp.power(0.5, count / jnp.maximum(ema_nimg, 1e-8))
   averaged = jax.tree.map(lambda e, w: w + beta * (e - w),
                           nnx.state(state.generator_ema, nnx.Param),
                           nnx.state(state.generator, nnx.Param))
   nnx.update(state.generator_ema, averaged)
   nnx.update(state.generator_ema, nnx.state(state.generator, stylegan2_lib.Buffer))
 
-  # ADA: every ada_interval steps, p moves toward E[sign(D(real))] = target.
-  real_sign = signs[0] / signs[1]
+
+def adjust_ada(state: StyleGAN2State, signs: jax.Array, count: int, s: _Settings) -> None:
+  """ADA: every ada_interval steps, p moves toward E[sign(D(real))] = target."""
+  total = state.ada_signs[...] + signs
+  adjust = (jnp.sign(total[0] / total[1] - s.ada_target) * (count * s.ada_interval)
+            / (s.ada_kimg * 1000))
+  due = state.step[...] % s.ada_interval == 0
+  state.augment_p[...] = jnp.where(
+      due, jnp.clip(state.augment_p[...] + adjust, 0.0, 1.0), state.augment_p[...])
+  state.ada_signs[...] = jnp.where(due, jnp.zeros_like(total), total)
+
+
+def train_step(state: StyleGAN2State, batch: dict[str, jax.Array], key: jax.Array, *,
+               settings: _Settings, variant: tuple[bool, bool]) -> dict[str, jax.Array]:
+  """One batch of the phases due (`variant`: `regularizers_due`), the EMA and ADA's adjustment.
+
+  The phases run in the reference's order, Gmain, Greg, Dmain, Dreg, each on its own named keys
+  (`phase_keys`).
+  """
+  do_pl, do_r1 = variant
+  s = settings
+  reals = batch["image"]
+  n = reals.shape[0]
+  if s.mirror:
+    reals = mirror(reals, phase_keys(key, "mirror"))
+  p = state.augment_p[...] if s.augment != "none" else None
+  nan = jnp.float32(jnp.nan)
+  g_loss = g_main(state, n, phase_keys(key, "Gmain"), p, s)
+  pl_penalty = g_reg(state, n, phase_keys(key, "Greg"), s) if do_pl else nan
+  d_loss, signs = d_main(state, reals, phase_keys(key, "Dmain"), p, s)
+  r1_penalty = nan
+  if do_r1:
+    r1_penalty, r1_signs = d_reg(state, reals, phase_keys(key, "Dreg"), p, s)
+    signs = signs + r1_signs
+  update_ema(state, n, s)
   if s.augment == "ada":
-    total = state.ada_signs[...] + signs
-    adjust = (jnp.sign(total[0] / total[1] - s.ada_target) * (n * s.ada_interval)
-              / (s.ada_kimg * 1000))
-    due = step % s.ada_interval == 0
-    state.augment_p[...] = jnp.where(
-        due, jnp.clip(state.augment_p[...] + adjust, 0.0, 1.0), state.augment_p[...])
-    state.ada_signs[...] = jnp.where(due, jnp.zeros_like(total), total)
+    adjust_ada(state, signs, n, s)
   return {"loss_G": g_loss, "loss_D": d_loss, "pl_penalty": pl_penalty, "r1_penalty": r1_penalty,
-          "augment_p": state.augment_p[...], "real_sign": real_sign, "pl_mean": state.pl_mean[...]}
+          "augment_p": state.augment_p[...], "real_sign": signs[0] / signs[1],
+          "pl_mean": state.pl_mean[...]}
 
 
 def generate(state: StyleGAN2State, key: jax.Array, shape: tuple[int, ...],
