@@ -6,6 +6,7 @@ import pytest
 from memjax import parallel
 from memjax.data import sources
 from memjax.memorization import correlation
+from memjax.memorization import kernels
 from memjax.memorization import top_k_correlation
 
 
@@ -300,7 +301,7 @@ def test_small_tiles_for_large_images(rng, mesh4):
                                         block_size=13)
     assert_exact_top_k(values, indices, reference, 9)
     np.testing.assert_array_equal(indices[:2, 0], [60, 0])
-  assert correlation.default_tile_size(240 * 240 * 155, 300) == correlation.TILE_MULTIPLE
+  assert kernels.default_tile_size(240 * 240 * 155, 300) == kernels.TILE_MULTIPLE
   with pytest.raises(ValueError, match="multiple of 8"):
     top_k_correlation(synthetic, train, mesh=mesh4, tile_size=12)
 

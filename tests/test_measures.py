@@ -8,6 +8,7 @@ import scipy.spatial.distance
 import scipy.stats
 
 from memjax.memorization import detectors
+from memjax.memorization import search
 
 
 def cdist(a, b):
@@ -26,24 +27,40 @@ def images():
   return train, synthetic
 
 
-def test_nearest_neighbors_are_exact_when_streamed(images):
+def test_l2_search_is_exact_when_streamed_and_sharded(images):
   train, synthetic = images
   reference = cdist(synthetic, train)
   for block_size in (None, 9):
-    found = detectors.nearest_neighbors(synthetic, train, 5, block_size=block_size)
+    found = search.search(synthetic, train, 5, metric="l2", block_size=block_size)
     order = np.argsort(reference, axis=1, kind="stable")[:, :5]  # ties to the lower index
     np.testing.assert_array_equal(found.indices, order)
-    np.testing.assert_allclose(found.distances, np.take_along_axis(reference, order, axis=1),
+    np.testing.assert_allclose(found.values, np.take_along_axis(reference, order, axis=1),
                                rtol=1e-12)
-  assert np.all(found.distances[:4, 0] == 0.0)  # exact copies at exactly 0, not rounding
+  assert np.all(found.values[:4, 0] == 0.0)  # exact copies at exactly 0, not rounding
   # A set against itself, each image left out: its duplicate is at 0, others at their nearest.
-  own = detectors.nearest_neighbors(train, train, 1, exclude_indices=np.arange(70), block_size=16)
+  own = search.search(train, train, 1, metric="l2", exclude=np.arange(70), block_size=16)
   self_distance = cdist(train, train)
   np.fill_diagonal(self_distance, np.inf)
   np.testing.assert_array_equal(own.indices[:, 0], np.argmin(self_distance, axis=1))
-  assert own.distances[40, 0] == own.distances[41, 0] == 0.0
+  assert own.values[40, 0] == own.values[41, 0] == 0.0
+  assert own.indices[40, 0] == 41 and own.indices[41, 0] == 40
   with pytest.raises(ValueError, match=r"k must lie in \[1, 69\]"):
-    detectors.nearest_neighbors(train, train, 70, exclude_indices=np.arange(70))
+    search.search(train, train, 70, metric="l2", exclude=np.arange(70))
+
+
+def test_correlation_search_excludes_each_query_own_image(images):
+  train, _ = images
+  rows = train.reshape(len(train), -1).astype(np.float64)
+  rows = rows - rows.mean(axis=1, keepdims=True)
+  rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+  expected = rows @ rows.T
+  np.fill_diagonal(expected, -np.inf)
+  found = search.search(train, train, 3, exclude=np.arange(len(train)), block_size=16)
+  order = np.argsort(-expected, axis=1, kind="stable")[:, :3]
+  np.testing.assert_array_equal(found.indices, order)
+  np.testing.assert_allclose(found.values, np.take_along_axis(expected, order, axis=1),
+                             atol=1e-5)
+  assert found.values[40, 0] == 1.0 and found.indices[40, 0] == 41  # its duplicate, not itself
 
 
 def test_carlini_calibrated_distance_matches_its_definition(images):

@@ -10,6 +10,9 @@ import pytest
 
 from memjax import parallel
 from memjax.memorization import correlation
+from memjax.memorization import kernels
+from memjax.memorization import precision as precision_lib
+from memjax.memorization import streaming
 from memjax.memorization import top_k_correlation
 
 from test_correlation import assert_exact_top_k, pearson_float64
@@ -70,9 +73,9 @@ def _eval_with_excess_precision(closed_jaxpr, *args):
 def _split_products_under_excess_precision(synthetic, train):
   """Correlations of the search's normalize + split products, as a GPU compiler may run them."""
   def correlations(synthetic, train):
-    operands, synthetic_sum, _ = correlation._normalize_rows(synthetic, "bfloat16x3")
-    mean, inverse_norm, _ = correlation._row_statistics(train)
-    products = correlation._products(operands, train) - synthetic_sum[:, None] * mean[None, :]
+    operands, synthetic_sum, _ = kernels._normalize_rows(synthetic, "bfloat16x3")
+    mean, inverse_norm, _ = kernels._row_statistics(train)
+    products = kernels._products(operands, train) - synthetic_sum[:, None] * mean[None, :]
     return products * inverse_norm[None, :]
 
   synthetic = jnp.asarray(synthetic.reshape(len(synthetic), -1))
@@ -90,14 +93,14 @@ def test_split_products_survive_excess_precision(rng, monkeypatch):
   assert np.all(np.diagonal(scores[:4, :4]) >= 1 - 1e-6)
   # The interpreter does catch the fault that the first GPU run found: with the old split, the
   # low halves vanish, and exact copies fall short of 1 by far more than 1e-6.
-  monkeypatch.setattr(correlation, "_split_bfloat16", _fold_prone_split)
+  monkeypatch.setattr(kernels, "_split_bfloat16", _fold_prone_split)
   folded = _split_products_under_excess_precision(synthetic, train)
   assert np.max(np.abs(folded - reference)) > 1e-5
 
 
 def test_split_is_sixteen_bits_and_exact_in_bfloat16(rng):
   x = rng.standard_normal(100_000).astype(np.float32) * np.float32(1e-3)
-  hi, mid = jax.jit(correlation._split_bfloat16)(x)
+  hi, mid = jax.jit(kernels._split_bfloat16)(x)
   hi32, mid32 = np.asarray(hi, np.float32), np.asarray(mid, np.float32)
   np.testing.assert_array_less(np.abs(hi32 + mid32 - x), np.abs(x) * 2.0**-16 + 1e-30)
   assert np.count_nonzero(mid32) > 0.99 * x.size
@@ -105,33 +108,33 @@ def test_split_is_sixteen_bits_and_exact_in_bfloat16(rng):
   np.testing.assert_array_equal(hi32, x.astype(jnp.bfloat16).astype(np.float32))
   # 8-bit values are exact in the high half.
   pixels = np.arange(256, dtype=np.float32)
-  hi, mid = correlation._split_bfloat16(pixels)
+  hi, mid = kernels._split_bfloat16(pixels)
   np.testing.assert_array_equal(np.asarray(hi, np.float32), pixels)
   assert not np.any(np.asarray(mid, np.float32))
 
 
 def test_probe_proves_the_split_and_rejects_a_broken_one(monkeypatch):
   device = jax.devices()[0]
-  monkeypatch.setattr(correlation, "_PROVEN", {})
-  assert correlation.split_products_are_exact(device)
-  worst, weakest_copy = correlation._probe_split_products(device)
-  assert worst <= correlation.PROBE_TOLERANCE and weakest_copy >= 1 - 1e-6
+  monkeypatch.setattr(precision_lib, "_PROVEN", {})
+  assert precision_lib.split_products_are_exact(device)
+  worst, weakest_copy = precision_lib._probe_split_products(device)
+  assert worst <= precision_lib.PROBE_TOLERANCE and weakest_copy >= 1 - 1e-6
 
   # As a GPU compiler folds the old split: no low halves. The probe must fail, and "auto" must
   # then choose float32 even on a machine with a bfloat16 matrix unit.
   def folded_split(x):
     return x.astype(jnp.bfloat16), jnp.zeros(x.shape, jnp.bfloat16)
 
-  monkeypatch.setattr(correlation, "_split_bfloat16", folded_split)
-  monkeypatch.setattr(correlation, "_PROVEN", {})
-  monkeypatch.setattr(correlation, "_cpu_has_bfloat16_matrix_unit", lambda: True)
-  correlation._compile_kernels.cache_clear()
+  monkeypatch.setattr(kernels, "_split_bfloat16", folded_split)
+  monkeypatch.setattr(precision_lib, "_PROVEN", {})
+  monkeypatch.setattr(precision_lib, "_cpu_has_bfloat16_matrix_unit", lambda: True)
+  kernels.compile_kernels.cache_clear()
   try:
-    worst, weakest_copy = correlation._probe_split_products(device)
-    assert worst > correlation.PROBE_TOLERANCE
+    worst, weakest_copy = precision_lib._probe_split_products(device)
+    assert worst > precision_lib.PROBE_TOLERANCE
     assert correlation.resolve_precision("auto", parallel.data_mesh(1)) == "float32"
   finally:
-    correlation._compile_kernels.cache_clear()
+    kernels.compile_kernels.cache_clear()
   monkeypatch.undo()
   assert correlation.resolve_precision("float32", parallel.data_mesh(1)) == "float32"
 
@@ -177,7 +180,7 @@ def test_accelerator_budget_sizes_the_paper_scale_search():
              + plan.synthetic_chunk * plan.tile_size * 4)
   assert working < (141 << 30) // 8
   # The paper's 1.44 GB training set (uint8) stays on the device across the synthetic chunks.
-  assert correlation._device_bytes(plan, np.uint8) <= h200.resident_bytes
+  assert streaming.device_bytes(plan, np.uint8) <= h200.resident_bytes
   small = correlation.accelerator_budget(16 << 30)
   small_plan = correlation.plan_search(100_000, 22_000, image_size, 5, 1, budget=small)
   assert small_plan.tile_size <= plan.tile_size

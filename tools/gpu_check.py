@@ -33,6 +33,7 @@ section misses is named in a "skipped" line, and the other sections run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -109,12 +110,13 @@ def check_exactness(args) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from memjax import parallel  # pylint: disable=g-import-not-at-top
   from memjax.memorization import correlation  # pylint: disable=g-import-not-at-top
+  from memjax.memorization import precision as precision_lib  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
   emit("exactness", "device", f"{device.platform} {device.device_kind}",
        jax_version=jax.__version__, devices=jax.device_count())
-  worst, weakest = correlation._probe_split_products(device)  # pylint: disable=protected-access
+  worst, weakest = precision_lib._probe_split_products(device)  # pylint: disable=protected-access
   emit("exactness", "split probe: largest difference from float64", worst, target="<= 5e-6",
-       ok=worst <= correlation.PROBE_TOLERANCE)
+       ok=worst <= precision_lib.PROBE_TOLERANCE)
   emit("exactness", "split probe: lowest exact copy", weakest, target=">= 1 - 1e-6",
        ok=weakest >= 1 - 1e-6)
   mesh = parallel.data_mesh(1)
@@ -190,7 +192,7 @@ def check_search(args) -> None:
   steady = _best_of(search, 3)
   emit("search", f"{size} memjax", round(steady, 4), "s")
   if budget.staging:
-    unstaged = _best_of(lambda: search(budget=correlation.dataclasses.replace(
+    unstaged = _best_of(lambda: search(budget=dataclasses.replace(
         budget, staging=None)), 2)
     emit("search", f"{size} memjax without pinned staging", round(unstaged, 4), "s")
 
@@ -267,8 +269,11 @@ def _torch_ddpm_args(config, shape, dtype: str):
       model_channels=model.model_channels, channel_mult=tuple(model.channel_mult),
       num_res_blocks=model.num_res_blocks,
       attention_resolutions=tuple(model.attention_resolutions),
-      num_head_channels=model.num_head_channels, diffusion_steps=config.diffusion.num_steps,
-      warmup=2, steps=5, dtype=dtype, device="cuda")
+      # diffusers counts channels per head: guided-diffusion's num_heads on the widest level.
+      num_head_channels=(model.num_head_channels if model.num_head_channels != -1 else
+                         model.model_channels * max(model.channel_mult) // model.num_heads),
+      use_scale_shift_norm=int(bool(model.use_scale_shift_norm)),
+      diffusion_steps=config.diffusion.num_steps, warmup=2, steps=5, dtype=dtype, device="cuda")
 
 
 def check_ddpm(args) -> None:

@@ -7,7 +7,7 @@ Fixed thresholds (0.90, 0.95, 0.99) are reported beside it. memjax counts an ima
 threshold (the report's histogram bins start at the threshold, so its bars agree with the count).
 
 Beside the correlation search, the measures of the literature, on pixels or embeddings, exact in
-float64 and streamed over the training set in blocks (`nearest_neighbors`): Carlini et al.
+float64 on the one nearest-neighbour search (`search.search`, metric "l2"): Carlini et al.
 (2023)'s calibrated L2 distance (`calibrated_l2`), the authenticity of Alaa et al. (2022) as
 dgm-eval's AuthPct computes it (`authenticity`), and Meehan et al. (2020)'s data-copying test C_T
 (`data_copying_test`, with its PCA, k-means and Mann-Whitney Z written here in numpy).
@@ -19,6 +19,8 @@ import dataclasses
 import functools
 
 import numpy as np
+
+from memjax.memorization import search as search_lib
 
 FIXED_THRESHOLDS = (0.90, 0.95, 0.99)
 
@@ -98,26 +100,12 @@ def fraction_above(max_correlation: np.ndarray, threshold: float) -> float:
 # compares their values as stored: give every set in the same units (the same dtype and range,
 # or the same encoder). Distances are Euclidean over all pixels (or dimensions) and channels.
 
-_NEIGHBOR_BLOCK_BYTES = 64 << 20  # float64 bytes of one block of rows (queries or references)
-_EXACT_CHUNK_ELEMENTS = 1 << 22  # float64 differences formed at once to refine distances
-
-
-@dataclasses.dataclass(frozen=True)
-class Neighbors:
-  """Nearest references of every query: distances (N, k) float64 ascending, indices (N, k) int64.
-
-  Ties go to the lower reference index.
-  """
-  distances: np.ndarray
-  indices: np.ndarray
+_BLOCK_BYTES = 64 << 20  # float64 bytes of one block of rows read for PCA and projections
 
 
 def _rows_source(data, role: str):
-  """`data` as an ImageSource; an (N, D) array of embeddings becomes N one-row images (1, D)."""
-  from memjax.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
-  if isinstance(data, np.ndarray) and data.ndim == 2:
-    return sources_lib.ArraySource(data[:, None, :], description=f"{role} embeddings")
-  return sources_lib.open_source(data)
+  """`data` as an ImageSource; an (N, D) float array of embeddings becomes N rows (1, D)."""
+  return search_lib.as_source(data, role)
 
 
 def _rows_per_block(row_size: int, block_size: int | None) -> int:
@@ -125,7 +113,7 @@ def _rows_per_block(row_size: int, block_size: int | None) -> int:
     if block_size < 1:
       raise ValueError(f"block_size must be positive, got {block_size}")
     return int(block_size)
-  return max(1, _NEIGHBOR_BLOCK_BYTES // (8 * row_size))
+  return max(1, _BLOCK_BYTES // (8 * row_size))
 
 
 def _read_rows(source, start: int, stop: int, role: str) -> np.ndarray:
@@ -136,113 +124,6 @@ def _read_rows(source, start: int, stop: int, role: str) -> np.ndarray:
     raise ValueError(f"{role} image {source.image_id(start + int(bad[0]))} of "
                      f"{source.description} has NaN or infinite values; fix or remove it")
   return rows
-
-
-def _exact_squared_distances(queries: np.ndarray, references: np.ndarray,
-                             candidates: np.ndarray) -> np.ndarray:
-  """sum((q - r)^2) for each query and each of its candidate references, formed directly."""
-  count, width = candidates.shape
-  out = np.empty((count, width), np.float64)
-  step = max(1, _EXACT_CHUNK_ELEMENTS // max(1, width * queries.shape[1]))
-  for start in range(0, count, step):
-    stop = min(start + step, count)
-    difference = queries[start:stop, None, :] - references[candidates[start:stop]]
-    out[start:stop] = np.einsum("ijk,ijk->ij", difference, difference)
-  return out
-
-
-def _merge_nearest(distances: np.ndarray, indices: np.ndarray, k: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-  """The k smallest of each row's candidates, by distance, then index; unused slots last."""
-  sort_index = np.where(indices >= 0, indices, np.iinfo(np.int64).max)
-  order = np.lexsort((sort_index, distances), axis=1)[:, :k]
-  return (np.take_along_axis(distances, order, axis=1),
-          np.take_along_axis(indices, order, axis=1))
-
-
-def nearest_neighbors(queries, references, k: int = 1, *,
-                      exclude_indices: np.ndarray | None = None, block_size: int | None = None,
-                      progress: bool = False, names: tuple[str, str] = ("query", "reference")
-                      ) -> Neighbors:
-  """The exact k nearest references of every query by Euclidean distance, streamed in blocks.
-
-  Both sets stream through memory in blocks of `block_size` rows (default about 64 MB of float64
-  each), so neither needs to fit. Per block, the squared distances come from norms and one
-  float64 matrix product, which picks each query's k candidates; their distances are then formed
-  directly as sum((q - r)^2), so that an exact copy is at distance 0, not at a rounding error.
-
-  Args:
-    queries, references: images or embeddings (see above) of one size per row.
-    k: neighbours per query, at most the number of references left after exclusion.
-    exclude_indices: (N_queries,) the reference index each query must not match (-1: none); for
-      a set against itself, np.arange(N) leaves each image out of its own neighbours.
-    block_size: rows per streamed block.
-    progress: show a progress bar.
-    names: the two sets' names in messages.
-
-  Returns:
-    distances (N_queries, k) float64 ascending and indices (N_queries, k) int64.
-  """
-  query_source = _rows_source(queries, names[0])
-  reference_source = _rows_source(references, names[1])
-  row_size = int(np.prod(query_source.shape))
-  if row_size != int(np.prod(reference_source.shape)):
-    raise ValueError(f"{query_source.description} has rows of shape {query_source.shape} but "
-                     f"{reference_source.description} has {reference_source.shape}; both sets "
-                     "must have one shape")
-  num_queries, num_references = len(query_source), len(reference_source)
-  exclude = None
-  if exclude_indices is not None:
-    exclude = np.asarray(exclude_indices, np.int64).reshape(-1)
-    if exclude.size != num_queries:
-      raise ValueError(f"exclude_indices has {exclude.size} entries for {num_queries} queries")
-  available = num_references - (1 if exclude is not None and (exclude >= 0).any() else 0)
-  if not 1 <= k <= available:
-    raise ValueError(f"k={k} nearest neighbours asked of {num_references} {names[1]} images"
-                     + (" (one excluded per query)" if available < num_references else "")
-                     + f"; k must lie in [1, {available}]")
-  rows = _rows_per_block(row_size, block_size)
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  bar = tqdm(total=num_queries * num_references, desc=f"{names[0]} vs {names[1]} distances",
-             unit="pair", unit_scale=True, disable=not progress, dynamic_ncols=True)
-  all_distances, all_indices = [], []
-  try:
-    for query_start in range(0, num_queries, rows):
-      query_stop = min(query_start + rows, num_queries)
-      query_rows = _read_rows(query_source, query_start, query_stop, names[0])
-      query_norms = np.einsum("ij,ij->i", query_rows, query_rows)
-      best = np.full((query_stop - query_start, k), np.inf)
-      best_index = np.full((query_stop - query_start, k), -1, np.int64)
-      for reference_start in range(0, num_references, rows):
-        reference_stop = min(reference_start + rows, num_references)
-        reference_rows = _read_rows(reference_source, reference_start, reference_stop, names[1])
-        reference_norms = np.einsum("ij,ij->i", reference_rows, reference_rows)
-        squared = (query_norms[:, None] + reference_norms[None, :]
-                   - 2.0 * (query_rows @ reference_rows.T))
-        excluded = None
-        if exclude is not None:
-          excluded = (exclude[query_start:query_stop, None]
-                      == np.arange(reference_start, reference_stop)[None, :])
-          squared[excluded] = np.inf
-        width = min(k, reference_stop - reference_start)
-        if width < squared.shape[1]:
-          candidates = np.argpartition(squared, width - 1, axis=1)[:, :width]
-        else:
-          candidates = np.broadcast_to(np.arange(squared.shape[1]), squared.shape).copy()
-        exact = _exact_squared_distances(query_rows, reference_rows, candidates)
-        if excluded is not None:
-          exact[np.take_along_axis(excluded, candidates, axis=1)] = np.inf
-        candidate_index = candidates.astype(np.int64) + reference_start
-        candidate_index[~np.isfinite(exact)] = -1
-        best, best_index = _merge_nearest(np.concatenate([best, exact], axis=1),
-                                          np.concatenate([best_index, candidate_index], axis=1),
-                                          k)
-        bar.update((query_stop - query_start) * (reference_stop - reference_start))
-      all_distances.append(np.sqrt(best))
-      all_indices.append(best_index)
-  finally:
-    bar.close()
-  return Neighbors(np.concatenate(all_distances), np.concatenate(all_indices))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,10 +158,11 @@ def calibrated_l2(synthetic, train, *, alpha: float = 0.5, num_neighbors: int = 
     raise ValueError(f"num_neighbors must be at least 1, got {num_neighbors}")
   train_source = _rows_source(train, "training")
   count = min(int(num_neighbors), len(train_source))
-  neighbors = nearest_neighbors(synthetic, train_source, count, block_size=block_size,
-                                progress=progress, names=("synthetic", "training"))
-  nearest = neighbors.distances[:, 0]
-  mean = neighbors.distances.mean(axis=1)
+  neighbors = search_lib.search(synthetic, train_source, count, metric="l2",
+                                block_size=block_size, progress=progress,
+                                names=("synthetic", "training"))
+  nearest = neighbors.values[:, 0]
+  mean = neighbors.values.mean(axis=1)
   with np.errstate(divide="ignore", invalid="ignore"):
     scores = np.where(mean > 0, nearest / (alpha * mean), 0.0)
   return CalibratedDistance(scores=scores, nearest_index=neighbors.indices[:, 0],
@@ -333,15 +215,15 @@ def authenticity(synthetic, train, *, block_size: int | None = None,
   if len(train_source) < 2:
     raise ValueError("authenticity needs at least 2 training images (each one's nearest other "
                      "training image)")
-  nearest = nearest_neighbors(synthetic, train_source, 1, block_size=block_size,
+  nearest = search_lib.search(synthetic, train_source, 1, metric="l2", block_size=block_size,
                               progress=progress, names=("synthetic", "training"))
   nearest_index = nearest.indices[:, 0]
   needed = np.unique(nearest_index)
-  own = nearest_neighbors(sources_lib.IndexedSource(train_source, needed), train_source, 1,
-                          exclude_indices=needed, block_size=block_size, progress=progress,
-                          names=("training", "training"))
-  train_distance = own.distances[np.searchsorted(needed, nearest_index), 0]
-  distance = nearest.distances[:, 0]
+  own = search_lib.search(sources_lib.IndexedSource(train_source, needed), train_source, 1,
+                          metric="l2", exclude=needed, block_size=block_size,
+                          progress=progress, names=("training", "training"))
+  train_distance = own.values[np.searchsorted(needed, nearest_index), 0]
+  distance = nearest.values[:, 0]
   return Authenticity(authentic=train_distance < distance, nearest_index=nearest_index,
                       distance=distance, train_distance=train_distance)
 
@@ -529,7 +411,8 @@ class DataCopyingTest:
 
 def _nearest_distances(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
   """Each query's exact Euclidean distance to its nearest reference (small, in-memory sets)."""
-  return nearest_neighbors(queries, references, 1).distances[:, 0]
+  return search_lib.search(queries, references, 1, metric="l2",
+                           names=("query", "reference")).values[:, 0]
 
 
 def data_copying_test(train, holdout, generated, *, num_cells: int = 3,

@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from memjax.data import sources as sources_lib
-from memjax.memorization import correlation
+from memjax.memorization import search as search_lib
 from memjax.memorization import detectors
 
 # Images as a source reads them (N, *shape), in their stored dtype -> embeddings (N, D).
@@ -151,7 +151,7 @@ def search_embeddings(synthetic: Any, train: Any, holdout: Any = None, *,
   and are embedded first, `batch_size` at a time; without it they are (N, D) float embeddings.
   With `holdout` the threshold is Dar et al.'s (the `holdout_percentile` of each training image's
   best embedding correlation with the holdout set), else the fixed `threshold`. `mesh`,
-  `precision` and `block_size` are the correlation search's (`correlation.search_correlation`).
+  `precision` and `block_size` are the correlation search's (`search.search`).
   """
   if holdout is None:
     detectors.fixed_threshold(threshold)
@@ -167,14 +167,14 @@ def search_embeddings(synthetic: Any, train: Any, holdout: Any = None, *,
       raise ValueError(f"the {role} embeddings have {array.shape[1]} dimensions, the training "
                        f"embeddings {train_embeddings.shape[1]}; embed both with one encoder")
 
-  result = correlation.search_correlation(
+  result = search_lib.search(
       _as_rows(synthetic_embeddings, "synthetic"), _as_rows(train_embeddings, "training"), k,
       block_size=block_size, mesh=mesh,
       precision=precision, progress=progress, description="synthetic vs training embeddings",
       names=("synthetic embeddings", "training embeddings"))
   holdout_max = None
   if holdout_embeddings is not None:
-    calibration = correlation.search_correlation(
+    calibration = search_lib.search(
         _as_rows(train_embeddings, "training"), _as_rows(holdout_embeddings, "holdout"), 1,
         block_size=block_size, mesh=mesh,
         precision=precision, progress=progress, description="training vs holdout embeddings",

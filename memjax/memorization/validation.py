@@ -34,9 +34,9 @@ import math
 import numpy as np
 
 from memjax.data import sources as sources_lib
-from memjax.memorization import correlation
 from memjax.memorization import detectors
 from memjax.memorization import embedding as embedding_lib
+from memjax.memorization import search as search_lib
 
 COPY_KINDS = ("exact", "scaled", "noisy", "shifted", "flipped", "rotated", "cropped")
 NEIGHBOR = "neighbor"
@@ -452,8 +452,8 @@ def validate(planted: PlantedSet, train, holdout, *, embed_fn=None,
   evaluations, notes = [], []
 
   def correlations(queries, references, names):
-    return correlation.search_correlation(queries, references, 1, mesh=mesh, progress=progress,
-                                          names=names).values[:, 0]
+    return search_lib.search(queries, references, 1, mesh=mesh, progress=progress,
+                             names=names).values[:, 0]
 
   evaluations.append(evaluate(
       "correlation (pixels)", planted,
