@@ -1,7 +1,8 @@
 r"""Memorization audit of a set of synthetic images against their training set.
 
-  python launch.py --config=configs/audit.py --config.synthetic=SYNTHETIC \
-      --config.train=TRAIN [--config.holdout=HOLDOUT] --workdir=runs/audit
+  python launch.py --config=configs/audit.py --config.audit.synthetic_images=SYNTHETIC \
+      --config.audit.training_images=TRAIN [--config.audit.holdout_images=HOLDOUT] \
+      --workdir=runs/audit
 
 Each of SYNTHETIC, TRAIN and HOLDOUT is a folder (PNG 8/16-bit, JPEG, TIFF, NIfTI, npy/npz, searched
 recursively), a .npy or a .npz file. For every synthetic image: its k most correlated training

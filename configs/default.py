@@ -8,12 +8,16 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.workflow = "audit"
   config.seed = 0
-  # Images to audit: folders (PNG, JPEG, TIFF, NIfTI, npy/npz), .npy or .npz files.
+  # Deprecated names of config.audit.{synthetic,training,holdout}_images (one warning each).
   config.synthetic = config_dict.placeholder(str)
   config.train = config_dict.placeholder(str)
   config.holdout = config_dict.placeholder(str)
 
   config.audit = ml_collections.ConfigDict()
+  # Images to audit: folders (PNG, JPEG, TIFF, NIfTI, npy/npz), .npy or .npz files, tfds: names.
+  config.audit.synthetic_images = config_dict.placeholder(str)
+  config.audit.training_images = config_dict.placeholder(str)
+  config.audit.holdout_images = config_dict.placeholder(str)  # real, never trained on
   config.audit.k = 5  # training matches kept per synthetic image
   config.audit.threshold = 0.95  # used when no holdout set is given
   config.audit.holdout_percentile = 95.0  # Dar et al.'s rule, with a holdout set

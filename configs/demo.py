@@ -27,8 +27,8 @@ from configs import demo_stylegan2
 def get_config():
   config = default.get_config()
   config.workflow = "demo"
-  config.train = "tfds:mni152/64:train"
-  config.holdout = "tfds:mni152/64:holdout"
+  config.audit.training_images = "tfds:mni152/64:train"
+  config.audit.holdout_images = "tfds:mni152/64:holdout"
   config.models = ("ddpm", "stylegan2")
   config.ddpm = demo_ddpm.get_config()
   config.stylegan2 = demo_stylegan2.get_config()

@@ -2,47 +2,89 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import pathlib
 from collections.abc import Callable
 
 import jax
 import ml_collections
 
+from memjax import outputs
 from memjax import parallel
 
 _PENDING: dict[str, str] = {}  # Workflows announced but not built: name -> what to do instead.
 
 
+# The audit's images: (key in config.audit, deprecated top-level key, what it holds).
+AUDIT_INPUTS = (("synthetic_images", "synthetic", "the synthetic images"),
+                ("training_images", "train", "the training images"),
+                ("holdout_images", "holdout", "held-out real images"))
+
+
+def audit_inputs(config: ml_collections.ConfigDict) -> dict[str, str | None]:
+  """config.audit.{synthetic,training,holdout}_images, read from their old top-level names
+  (config.synthetic, config.train, config.holdout) with a one-line deprecation warning."""
+  found = {}
+  for key, old, _ in AUDIT_INPUTS:
+    value = config.audit.get(key) or None
+    if config.get(old):
+      logging.warning("--config.%s is deprecated: use --config.audit.%s", old, key)
+      if value and value != config[old]:
+        raise ValueError(f"--config.{old}={config[old]} and --config.audit.{key}={value} "
+                         "disagree; give only --config.audit." + key)
+      value = config[old]
+    found[key] = value
+  return found
+
+
+def _check_encoder_dir(encoder: str) -> None:
+  """A work dir given as the embedding detector's encoder must hold a contrastive encoder."""
+  path = pathlib.Path(encoder)
+  config_file = path / "config.json"
+  if not config_file.is_file():
+    return  # load_embedder says what is missing
+  try:
+    name = json.loads(config_file.read_text()).get("model", {}).get("name")
+  except (ValueError, AttributeError):
+    return
+  if name != "contrastive":
+    raise ValueError(f"--config.audit.encoder={encoder} is the work dir of a {name!r} model, not "
+                     "of a contrastive encoder: train one with python launch.py "
+                     "--config=configs/demo_contrastive.py (or cxr_/brats20_contrastive.py) and "
+                     "give its work dir")
+
+
 def audit(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-  """Audits config.synthetic against config.train (and calibrates on config.holdout)."""
+  """Audits config.audit.synthetic_images against config.audit.training_images (calibrated on
+  config.audit.holdout_images when given); writes config.json with the results."""
   from memjax.data import sources  # pylint: disable=g-import-not-at-top
   from memjax.memorization import audit as audit_lib  # pylint: disable=g-import-not-at-top
-  for key, what in (("synthetic", "the synthetic images"), ("train", "the training images")):
-    if not config.get(key):
-      raise ValueError(f"--config.{key} is required: a folder, .npy or .npz file of {what}")
-  options = config.audit
-  slice_axis = options.get("nifti_slice_axis")
-  open_options = dict(nifti_slice_axis=slice_axis, grayscale=bool(options.get("grayscale")))
-  synthetic = sources.open_source(config.synthetic, **open_options)
-  train = sources.open_source(config.train, **open_options)
-  holdout = (sources.open_source(config.holdout, **open_options)
-             if config.get("holdout") else None)
-  mesh = parallel.data_mesh(options.num_devices or None)
-  detector = options.get("detector", "correlation")
+  inputs = audit_inputs(config)
+  for key, _, what in AUDIT_INPUTS[:2]:
+    if not inputs[key]:
+      raise ValueError(f"--config.audit.{key} is required: a folder, .npy or .npz file of {what}")
+  options = audit_lib.AuditOptions.from_config(config.audit)
+  options.check(has_holdout=bool(inputs["holdout_images"]))  # before any file is opened
+  settings = config.audit
+  open_options = dict(nifti_slice_axis=settings.get("nifti_slice_axis"),
+                      grayscale=bool(settings.get("grayscale")))
+  synthetic = sources.open_source(inputs["synthetic_images"], **open_options)
+  train = sources.open_source(inputs["training_images"], **open_options)
+  holdout = (sources.open_source(inputs["holdout_images"], **open_options)
+             if inputs["holdout_images"] else None)
+  mesh = parallel.data_mesh(settings.num_devices or None)
   embed_fn = None
-  if detector != "correlation" and options.get("encoder"):
+  if options.detector != "correlation" and settings.get("encoder"):
+    _check_encoder_dir(settings.encoder)
     from memjax.train import contrastive  # pylint: disable=g-import-not-at-top
-    embed_fn = contrastive.load_embedder(options.encoder, mesh=mesh,
-                                         step=options.get("encoder_step"))
-  audit_lib.check_detector(detector, embed_fn)
+    embed_fn = contrastive.load_embedder(settings.encoder, mesh=mesh,
+                                         step=settings.get("encoder_step"))
+  audit_lib.check_detector(options.detector, embed_fn)
   return audit_lib.run_audit(
-      workdir,
-      synthetic=synthetic, train=train, holdout=holdout, k=options.k,
-      threshold=options.threshold, holdout_percentile=options.holdout_percentile,
-      block_size=options.block_size or None, mesh=mesh, precision=options.precision,
-      num_pairs=options.num_pairs,
-      redact_training_images=options.redact_training_images, progress=options.progress,
-      detector=detector, embed_fn=embed_fn)
+      workdir, synthetic=synthetic, train=train, holdout=holdout, options=options, mesh=mesh,
+      embed_fn=embed_fn, extra_outputs={"config.json": config.to_json_best_effort(indent=2)})
 
 
 def train(config: ml_collections.ConfigDict, workdir: pathlib.Path):
@@ -65,8 +107,9 @@ def sample(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.
   folder = loop.sample(config, workdir, train_lib.make_trainer(config))
   if jax.process_index() == 0:
     print(f"{config.num_samples} samples written to {folder} (grid in {workdir / loop.GRIDS}); "
-          f"audit them: python launch.py --config=configs/audit.py --config.synthetic={folder} "
-          f"--config.train={config.data.source} --workdir={workdir / 'audit'}")
+          f"audit them: python launch.py --config=configs/audit.py "
+          f"--config.audit.synthetic_images={folder} "
+          f"--config.audit.training_images={config.data.source} --workdir={workdir / 'audit'}")
   return folder
 
 
@@ -85,7 +128,12 @@ WORKFLOWS: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path], object]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
-  """Runs `config.workflow` in `workdir`, after saving the config there."""
+  """Runs `config.workflow` in `workdir`, which it holds locked for the run (`WorkdirLock`).
+
+  Training, sampling and the demo save the config there first (training refuses a config that
+  cannot resume the checkpoints there, before writing anything); an audit writes it with its
+  results, so a failed audit leaves the previous ones and their config as they were.
+  """
   workflow = config.get("workflow")
   if workflow in _PENDING:
     raise NotImplementedError(f"workflow {workflow!r}: {_PENDING[workflow]}")
@@ -97,7 +145,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
     raise NotADirectoryError(f"--workdir={workdir} is a file; give a directory (it is created "
                              "if missing)")
   workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    from memjax.train import loop  # pylint: disable=g-import-not-at-top
-    loop.save_config(config, workdir)
-  return WORKFLOWS[workflow](config, workdir)
+  # One run per work dir; on many hosts, the first process holds it for all of them.
+  first = jax.process_index() == 0
+  with outputs.WorkdirLock(workdir) if first else contextlib.nullcontext():
+    if first and workflow != "audit":
+      from memjax.train import loop  # pylint: disable=g-import-not-at-top
+      loop.save_config(config, workdir)
+    return WORKFLOWS[workflow](config, workdir)

@@ -165,15 +165,15 @@ def test_both_detectors_find_their_copies_and_write_both(tmp_path, planted):
 
 
 def test_the_embedding_detector_alone_skips_the_pixel_search(tmp_path, planted, monkeypatch):
-  from memjax.memorization import correlation  # pylint: disable=g-import-not-at-top
+  from memjax.memorization import search as search_lib  # pylint: disable=g-import-not-at-top
   searched = []
-  original = correlation.search_correlation
+  original = search_lib.search
 
   def counting(synthetic, train, *args, **kwargs):
-    searched.append(synthetic.shape)
+    searched.append(search_lib.as_source(synthetic, "").shape)
     return original(synthetic, train, *args, **kwargs)
 
-  monkeypatch.setattr(correlation, "search_correlation", counting)
+  monkeypatch.setattr(search_lib, "search", counting)
   summary = audit.run_audit(tmp_path, **planted, k=1, detector="embedding",
                             embed_fn=shift_invariant_embedding, progress=False, num_pairs=1)
   dim = shift_invariant_embedding(planted["train"][:1]).shape[1]
@@ -190,7 +190,8 @@ def test_the_embedding_detector_alone_skips_the_pixel_search(tmp_path, planted, 
   assert lines[0] == "synthetic,rank,embedding_train,embedding_correlation,embedding_memorized"
   with np.load(tmp_path / "correlations.npz") as stored:
     assert sorted(stored) == ["embedding_holdout_max_correlation", "embedding_indices",
-                              "embedding_threshold", "embedding_values"]
+                              "embedding_threshold", "embedding_values",
+                              "embedding_zero_variance_synthetic", "embedding_zero_variance_train"]
   page = (tmp_path / "report.html").read_text("utf-8")
   assert "maximum embedding correlation" in page and "Detector 1" not in page
   assert not (tmp_path / "agreement.png").exists()

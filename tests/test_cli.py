@@ -102,9 +102,10 @@ def _launch(*args, config="configs/audit.py"):
 
 
 def _audit_args(workdir, synthetic, train, holdout=None, *extra):
-  args = [f"--config.synthetic={synthetic}", f"--config.train={train}", f"--workdir={workdir}"]
+  args = [f"--config.audit.synthetic_images={synthetic}",
+          f"--config.audit.training_images={train}", f"--workdir={workdir}"]
   if holdout is not None:
-    args.append(f"--config.holdout={holdout}")
+    args.append(f"--config.audit.holdout_images={holdout}")
   return args + list(extra)
 
 
@@ -164,9 +165,9 @@ def _fraction_at_or_above(values, threshold):
 
 def _config(synthetic=None, train=None, holdout=None, **audit_overrides):
   config = audit_config.get_config()
-  config.synthetic = None if synthetic is None else str(synthetic)
-  config.train = None if train is None else str(train)
-  config.holdout = None if holdout is None else str(holdout)
+  config.audit.synthetic_images = None if synthetic is None else str(synthetic)
+  config.audit.training_images = None if train is None else str(train)
+  config.audit.holdout_images = None if holdout is None else str(holdout)
   config.audit.progress = False
   for key, value in audit_overrides.items():
     config.audit[key] = value
@@ -329,9 +330,9 @@ def test_holdout_audit_figures_report_and_config(holdout_audit):
       assert image.format == "PNG"
   config = outputs["config"]
   assert config["workflow"] == "audit"
-  assert config["synthetic"] == str(holdout_audit["paths"]["synthetic"])
-  assert config["train"] == str(holdout_audit["paths"]["train"])
-  assert config["holdout"] == str(holdout_audit["paths"]["holdout"])
+  assert config["audit"]["synthetic_images"] == str(holdout_audit["paths"]["synthetic"])
+  assert config["audit"]["training_images"] == str(holdout_audit["paths"]["train"])
+  assert config["audit"]["holdout_images"] == str(holdout_audit["paths"]["holdout"])
   assert config["audit"]["k"] == K
 
 
@@ -516,7 +517,7 @@ def test_cli_truncated_png_found_during_the_search(small_folders, tmp_path):
   """
   process = _launch(*_audit_args(tmp_path / "run", small_folders / "synthetic",
                                  small_folders / "truncated", None,
-                                 "--config.audit.progress=false"))
+                                 "--config.audit.progress=false", "--config.audit.k=1"))
   _check_user_error(process, small_folders / "truncated" / "tr_002.png", "cannot be decoded")
 
 
@@ -559,12 +560,33 @@ def test_holdout_shape_differs(small_folders, tmp_path):
   assert str(small_folders / "train") in str(error.value)
 
 
-@pytest.mark.parametrize("missing", ["synthetic", "train"])
-def test_required_paths(small_folders, tmp_path, missing):
+@pytest.mark.parametrize("missing, key", [("synthetic", "synthetic_images"),
+                                          ("train", "training_images")])
+def test_required_paths(small_folders, tmp_path, missing, key):
   paths = {"synthetic": small_folders / "synthetic", "train": small_folders / "train"}
   paths[missing] = None
-  with pytest.raises(ValueError, match=re.escape(f"--config.{missing} is required")):
+  with pytest.raises(ValueError, match=re.escape(f"--config.audit.{key} is required")):
     workflows.run(_config(**paths), tmp_path)
+
+
+def test_old_input_names_still_work_with_one_warning_each(small_folders, tmp_path):
+  process = _launch("--config.synthetic=" + str(small_folders / "synthetic"),
+                    "--config.train=" + str(small_folders / "train"),
+                    "--config.audit.training_images=" + str(small_folders / "synthetic"),
+                    f"--workdir={tmp_path / 'clash'}")
+  assert process.returncode == 2 and "Traceback" not in process.stderr
+  line = process.stderr.strip().splitlines()[-1]
+  assert line.startswith("error: --config.train=") and "disagree" in line
+  process = _launch("--config.synthetic=" + str(small_folders / "synthetic"),
+                    "--config.train=" + str(small_folders / "train"),
+                    "--config.audit.progress=false", f"--workdir={tmp_path / 'old'}")
+  _check_success(process)
+  warnings = [line for line in process.stderr.splitlines() if "deprecated" in line]
+  assert len(warnings) == 2, process.stderr
+  assert warnings[0].endswith("--config.synthetic is deprecated: use "
+                              "--config.audit.synthetic_images")
+  summary = json.loads((tmp_path / "old" / "summary.json").read_text())
+  assert summary["train"]["source"].endswith("train")
 
 
 def test_unknown_workflow(tmp_path):
@@ -621,4 +643,4 @@ def test_run_returns_the_summary_it_writes(small_folders, tmp_path):
   assert summary["k"] == 2 and summary["synthetic"]["count"] == 3
   config = json.loads((tmp_path / "config.json").read_text())
   assert config["audit"]["k"] == 2
-  assert config["synthetic"] == str(small_folders / "synthetic")
+  assert config["audit"]["synthetic_images"] == str(small_folders / "synthetic")

@@ -18,6 +18,7 @@ from memjax.memorization.report import figures
 from memjax.memorization.report import redaction
 from memjax.memorization.report import sections
 from memjax.memorization.report import slices
+from memjax.memorization.result import AuditResult
 
 SIDE = 16
 
@@ -128,10 +129,11 @@ def test_redaction_never_reads_withheld_or_training_images(tmp_path, planted):
   synthetic = RecordingSource(planted["synthetic"], description="synthetic")
   train = RecordingSource(planted["train"], description="train")
   report.write_audit_report(
-      tmp_path, synthetic=synthetic, train=train, max_correlation=values, best_index=best,
-      threshold=0.95, threshold_rule="fixed", summary={}, num_pairs=15,
-      redact_training_images=True, embedding=report.Detection(
-          "embedding", embedding_values, best[::-1].copy(), 0.98, "fixed"))
+      tmp_path, synthetic=synthetic, train=train, summary={}, num_pairs=15,
+      redact_training_images=True, results=[
+          AuditResult.from_best("correlation", values, best, 0.95, "fixed"),
+          AuditResult.from_best("embedding", embedding_values, best[::-1].copy(), 0.98,
+                                "fixed")])
   assert train.read_indices == set()
   # 0-3 reach the pixel bar min(0.95, 0.90); 4 the embedding bar min(0.98, 0.90).
   assert synthetic.read_indices == set(range(5, 15))
@@ -156,7 +158,8 @@ def test_redacted_comparison_page_shows_no_training_pixels(tmp_path, planted):
 
   def write(name, redact):
     train = RecordingSource(planted["train"], description="train")
-    models = [report.ModelAudit(model, RecordingSource(planted["synthetic"]), values, best,
+    result = AuditResult.from_best("correlation", values, best, 0.5, "fixed")
+    models = [report.ModelAudit(model, RecordingSource(planted["synthetic"]), result,
                                 {"fraction_memorized": 0.25}) for model in ("ddpm", "stylegan2")]
     page = report.write_comparison_report(
         tmp_path / name, models=models, train=train, threshold=0.5, threshold_rule="fixed",

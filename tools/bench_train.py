@@ -63,6 +63,8 @@ def _parse_args() -> argparse.Namespace:
   parser.add_argument("--attention_resolutions", type=_ints, default=(16,))
   parser.add_argument("--num_head_channels", type=int, default=64)
   parser.add_argument("--diffusion_steps", type=int, default=1000)
+  parser.add_argument("--use_scale_shift_norm", type=int, default=0,
+                      help="1: guided-diffusion's scale-shift norm (the paper's), both sides")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="the DDPM's compute dtype (PyTorch: autocast to bfloat16)")
   parser.add_argument("--model", choices=("ddpm", "stylegan2"), default="ddpm")
@@ -104,6 +106,7 @@ def bench_memjax(args: argparse.Namespace) -> tuple[float, int]:
   config.model.num_res_blocks = args.num_res_blocks
   config.model.attention_resolutions = args.attention_resolutions
   config.model.num_head_channels = args.num_head_channels
+  config.model.use_scale_shift_norm = bool(args.use_scale_shift_norm)
   config.diffusion.num_steps = args.diffusion_steps
   config.optimizer.warmup_steps = 0
   config.optimizer.grad_clip_norm = 0.0
@@ -141,7 +144,9 @@ def _diffusers_unet(args: argparse.Namespace):
       layers_per_block=args.num_res_blocks, mid_block_scale_factor=1, downsample_padding=1,
       downsample_type="conv", upsample_type="conv", dropout=0.0, act_fn="silu",
       attention_head_dim=None if args.num_head_channels == -1 else args.num_head_channels,
-      norm_num_groups=32, norm_eps=1e-5, resnet_time_scale_shift="default", add_attention=True)
+      norm_num_groups=32, norm_eps=1e-5, add_attention=True,
+      resnet_time_scale_shift=("scale_shift" if getattr(args, "use_scale_shift_norm", 0)
+                               else "default"))
 
 
 def bench_pytorch(args: argparse.Namespace) -> tuple[float, int] | str:

@@ -1,8 +1,10 @@
 r"""Writes a small, fake image set with known copies, to try the audit on without patient data.
 
   python tools/make_example_data.py --out=runs/example_data
-  python launch.py --config=configs/audit.py --config.synthetic=runs/example_data/synthetic \
-      --config.train=runs/example_data/train --config.holdout=runs/example_data/holdout \
+  python launch.py --config=configs/audit.py \
+      --config.audit.synthetic_images=runs/example_data/synthetic \
+      --config.audit.training_images=runs/example_data/train \
+      --config.audit.holdout_images=runs/example_data/holdout \
       --workdir=runs/example_audit
 
 Every image is a smooth random "phantom" (a few bright and dark Gaussian blobs, 8-bit PNG). The

@@ -4,7 +4,8 @@ Audits images from any generator (memjax's, PyTorch's, a folder of PNGs); import
 `memjax.models` or `memjax.train`. The detectors: the maximum Pearson correlation over all pixels
 (`search_correlation`), the correlation of contrastive embeddings (`search_embeddings`, given
 embeddings or a function that embeds images), and the established measures on pixels or
-embeddings (`calibrated_l2`, `authenticity`, `data_copying_test`); `run_audit` writes the audit
+embeddings (`calibrated_l2`, `authenticity`, `data_copying_test`), all on one exact
+nearest-neighbour search (`search.search`, "correlation" or "l2"); `run_audit` writes the audit
 of one or both detectors; `validate` measures how well each detector finds planted copies.
 """
 
@@ -15,7 +16,6 @@ from memjax.memorization.correlation import top_k_correlation
 from memjax.memorization.detectors import authenticity
 from memjax.memorization.detectors import calibrated_l2
 from memjax.memorization.detectors import data_copying_test
-from memjax.memorization.detectors import nearest_neighbors
 from memjax.memorization.embedding import embed
 from memjax.memorization.embedding import EmbeddingSearchResult
 from memjax.memorization.embedding import search_embeddings
@@ -24,6 +24,6 @@ from memjax.memorization.validation import validate
 
 __all__ = [
     "EmbeddingSearchResult", "SearchResult", "authenticity", "calibrated_l2",
-    "data_copying_test", "embed", "nearest_neighbors", "plant_copies", "run_audit",
+    "data_copying_test", "embed", "plant_copies", "run_audit",
     "search_correlation", "search_embeddings", "top_k_correlation", "validate",
 ]

@@ -38,11 +38,15 @@ import numpy as np
 from jax.sharding import Mesh
 
 import memjax
+from memjax import outputs
+from memjax import parallel
 from memjax.data import sources as sources_lib
-from memjax.memorization import correlation
 from memjax.memorization import detectors
 from memjax.memorization import embedding as embedding_lib
+from memjax.memorization import precision as precision_lib
 from memjax.memorization import report as report_lib
+from memjax.memorization import search as search_lib
+from memjax.memorization.result import AuditResult
 
 _MAX_IDS_LISTED = 100
 DETECTORS = ("correlation", "embedding", "both")
@@ -51,23 +55,83 @@ _MEASURE = {
     "embedding": ("maximum Pearson correlation of contrastive embeddings (Dar et al. 2023; 1 "
                   "minus their 'correlation' distance)"),
 }
+# A held-out image whose best training match is this close to 1 is that training image, not a
+# different patient: it is left out of the calibration (`_calibrate`).
+OVERLAP_TOLERANCE = 1e-6
+# Every file an audit writes; a re-run removes those it does not write again.
+AUDIT_FILES = ("matches.csv", "correlations.npz", "embeddings.npz", "summary.json",
+               "histogram.png", "pairs.png", "report.html", "histogram_embedding.png",
+               "pairs_embedding.png", "agreement.png")
 
 
 @dataclasses.dataclass(frozen=True)
-class _Found:
-  """One detector's search and decision, in the form the writers take."""
-  measure: str  # "correlation" or "embedding"
-  values: np.ndarray  # (N_synthetic, k) descending
-  indices: np.ndarray  # (N_synthetic, k); -1 where undefined
-  threshold: detectors.Threshold
-  memorized: np.ndarray
-  holdout_max: np.ndarray | None
-  zero_variance_synthetic: np.ndarray
-  zero_variance_train: np.ndarray
-  seconds: float
-  precision: str
-  num_devices: int
-  encoder: str | None = None
+class AuditOptions:
+  """How an audit searches, decides and reports; `from_config(config.audit)` builds it.
+
+  detector: "correlation" (pixels), "embedding" (a contrastive encoder's embeddings) or "both".
+  k: training matches kept per synthetic image (at most the training set's size).
+  threshold: the fixed threshold, used without a holdout set.
+  holdout_percentile: Dar et al.'s rule, with a holdout set.
+  block_size: training images per streamed block (None: chosen by the search).
+  precision: the correlation search's products: "auto", "float32" or "bfloat16x3".
+  num_pairs: most similar pairs drawn in pairs.png and the report.
+  redact_training_images: a report with no training pixels (report/redaction.py).
+  progress: progress bars.
+  encoder_description: the embedding detector's encoder, as the summary names it.
+  """
+  detector: str = "correlation"
+  k: int = 1
+  threshold: float = 0.95
+  holdout_percentile: float = 95.0
+  block_size: int | None = None
+  precision: str = "auto"
+  num_pairs: int = 8
+  redact_training_images: bool = False
+  progress: bool = True
+  encoder_description: str | None = None
+
+  @classmethod
+  def from_config(cls, audit: Any) -> AuditOptions:
+    """The options of `config.audit` (an ml_collections ConfigDict or a dict)."""
+    get = audit.get
+    return cls(detector=get("detector", "correlation"), k=get("k", 1),
+               threshold=get("threshold", 0.95),
+               holdout_percentile=get("holdout_percentile", 95.0),
+               block_size=get("block_size") or None, precision=get("precision", "auto"),
+               num_pairs=get("num_pairs", 8),
+               redact_training_images=bool(get("redact_training_images", False)),
+               progress=bool(get("progress", True)))
+
+  def check(self, *, has_holdout: bool) -> None:
+    """Raises ValueError naming the first setting that is wrong, before any work is done."""
+    if self.detector not in DETECTORS:
+      raise ValueError(f"unknown detector {self.detector!r} (config.audit.detector); expected "
+                       f"one of {', '.join(DETECTORS)}")
+    for name, low in (("k", 1), ("num_pairs", 0)):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"config.audit.{name} must be an integer of at least {low}, got "
+                         f"{value!r}")
+    if self.block_size is not None and (not isinstance(self.block_size, (int, np.integer))
+                                        or self.block_size < 1):
+      raise ValueError(f"config.audit.block_size must be a positive integer (or 0: chosen by "
+                       f"memjax), got {self.block_size!r}")
+    if self.precision not in precision_lib.PRECISIONS:
+      raise ValueError(f"config.audit.precision must be one of "
+                       f"{', '.join(precision_lib.PRECISIONS)}, got {self.precision!r}")
+    if has_holdout:
+      detectors.check_percentile(self.holdout_percentile)
+    else:
+      detectors.fixed_threshold(self.threshold)
+
+
+class Audit(dict):
+  """The audit's summary (a dict, as written to summary.json), with each detector's
+  `AuditResult` in `results` (the order of summary["detectors"])."""
+
+  def __init__(self, summary: dict[str, Any], results: list[AuditResult]):
+    super().__init__(summary)
+    self.results = results
 
 
 def check_detector(detector: str, embed_fn: Callable[[np.ndarray], np.ndarray] | None) -> None:
@@ -83,132 +147,200 @@ def check_detector(detector: str, embed_fn: Callable[[np.ndarray], np.ndarray] |
 
 
 def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdout: Any = None,
-              k: int = 1, threshold: float = 0.95, holdout_percentile: float = 95.0,
-              block_size: int | None = None, mesh: Mesh | None = None,
-              precision: str = "auto", num_pairs: int = 8, redact_training_images: bool = False,
-              progress: bool = True,
-              holdout_max_correlation: np.ndarray | None = None,
-              detector: str = "correlation",
+              options: AuditOptions | None = None, mesh: Mesh | None = None,
               embed_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-              encoder_description: str | None = None) -> dict[str, Any]:
+              holdout_max_correlation: np.ndarray | None = None,
+              extra_outputs: dict[str, str] | None = None, **changes: Any) -> Audit:
   """Audits `synthetic` against `train`; returns the summary that it writes to summary.json.
 
   With `holdout` (real images of other patients, never trained on) the threshold is calibrated
-  by Dar et al.'s rule; without it the fixed `threshold` is used. `holdout_max_correlation`,
-  each training image's max pixel correlation with `holdout` from an earlier audit of the same
-  two sets (its correlations.npz), spares that search when several generators are audited.
-  `detector` is "correlation", "embedding" or "both"; the embedding detector embeds every set
-  with `embed_fn` (images as a source reads them -> (N, D) embeddings; for a memjax encoder
-  `memjax.train.contrastive.load_embedder(workdir)`), described by `encoder_description`.
+  by Dar et al.'s rule; held-out images identical to a training image are left out of it with a
+  warning (`_calibrate`; the embedding detector alone refuses a threshold at the limit of
+  exactness instead). Without it the fixed threshold is used. `options` (or keyword changes
+  of its fields, e.g. `k=5`) say how. `holdout_max_correlation`, each training image's max pixel
+  correlation with `holdout` from an earlier audit of the same two sets (its correlations.npz),
+  spares that search when several generators are audited. The embedding detector embeds every
+  set with `embed_fn` (images as a source reads them -> (N, D) embeddings; for a memjax encoder
+  `memjax.train.contrastive.load_embedder(workdir)`). `extra_outputs` (file name -> text) are
+  written with the audit's files.
+
+  Every file is written to a staging folder and renamed into place at the end, summary.json
+  last: an audit that fails leaves the previous results in `out_dir` as they were.
   """
+  options = dataclasses.replace(options or AuditOptions(), **changes)
   # Settings are checked before hours of searching, not after.
-  check_detector(detector, embed_fn)
-  if holdout is None:
-    detectors.fixed_threshold(threshold)
-  else:
-    detectors.check_percentile(holdout_percentile)
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  options.check(has_holdout=holdout is not None)
+  check_detector(options.detector, embed_fn)
   synthetic = sources_lib.open_source(synthetic)
   train = sources_lib.open_source(train)
   sources_lib.check_same_shape(synthetic, train)
   if holdout is not None:
     holdout = sources_lib.open_source(holdout)
     sources_lib.check_same_shape(holdout, train)
-
-  if embed_fn is not None and detector != "correlation":
+  if options.k > len(train):
+    logging.warning("config.audit.k=%d is more than the %d training images of %s: keeping %d "
+                    "matches per synthetic image", options.k, len(train), train.description,
+                    len(train))
+    options = dataclasses.replace(options, k=len(train))
+  if embed_fn is not None and options.detector != "correlation":
     # An encoder that cannot embed these images fails now, not after the pixel search.
     try:
       embedding_lib.embed(synthetic.read(0, 1, dtype=None), embed_fn)
     except ValueError as e:
       raise ValueError(f"the encoder cannot embed the images of {synthetic.description} "
                        f"({synthetic.image_id(0)}, shape {synthetic.shape}): {e}") from e
+  mesh = mesh if mesh is not None else parallel.data_mesh()
 
-  found = []
-  if detector in ("correlation", "both"):
-    found.append(_search_pixels(synthetic, train, holdout, k=k, threshold=threshold,
-                                holdout_percentile=holdout_percentile, block_size=block_size,
-                                mesh=mesh, precision=precision, progress=progress,
-                                holdout_max_correlation=holdout_max_correlation))
-  embedded = None
-  if detector in ("embedding", "both"):
-    start = time.perf_counter()
-    embedded = embedding_lib.search_embeddings(
-        synthetic, train, holdout, embed_fn=embed_fn, k=k, threshold=threshold,
-        holdout_percentile=holdout_percentile, mesh=mesh, precision=precision,
-        progress=progress)
-    found.append(_Found(
-        "embedding", embedded.values, embedded.indices, embedded.threshold, embedded.memorized,
-        embedded.holdout_max, embedded.zero_variance_synthetic, embedded.zero_variance_train,
-        time.perf_counter() - start, embedded.precision, embedded.num_devices,
-        encoder=encoder_description or getattr(embed_fn, "description", None)))
+  overlap = None
+  if (holdout is not None and holdout_max_correlation is None
+      and options.detector in ("correlation", "both")):
+    holdout_max_correlation, holdout, overlap = _calibrate(train, holdout, options, mesh)
+  results, embedded = [], None
+  if options.detector in ("correlation", "both"):
+    results.append(_search_pixels(synthetic, train, holdout, options, mesh,
+                                  holdout_max_correlation))
+  if options.detector in ("embedding", "both"):
+    embedded, found = _search_embeddings(synthetic, train, holdout, options, mesh, embed_fn)
+    results.append(found)
 
-  summary = _summary(synthetic, train, holdout, found, k)
+  summary = Audit(_summary(synthetic, train, holdout, results, options.k, overlap), results)
   if jax.process_index() != 0:  # every host holds the result; one writes it
     return summary
-  _write_matches(out_dir / "matches.csv", synthetic, train, found)
-  arrays = {}
-  for item in found:
-    prefix = "" if item.measure == "correlation" else "embedding_"
-    arrays.update({prefix + "values": item.values, prefix + "indices": item.indices,
-                   prefix + "threshold": item.threshold.value})
-    if item.holdout_max is not None:
-      arrays[prefix + "holdout_max_correlation"] = item.holdout_max
-  np.savez(out_dir / "correlations.npz", **arrays)
-  if embedded is not None:
-    vectors = {"synthetic": embedded.synthetic_embeddings, "train": embedded.train_embeddings}
-    if embedded.holdout_embeddings is not None:
-      vectors["holdout"] = embedded.holdout_embeddings
-    np.savez(out_dir / "embeddings.npz", **vectors)
-  (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-  first = found[0]
-  second = None
-  if len(found) == 2:
-    second = report_lib.Detection(
-        "embedding", found[1].values[:, 0], found[1].indices[:, 0], found[1].threshold.value,
-        found[1].threshold.description, found[1].holdout_max)
-  report_lib.write_audit_report(
-      out_dir, synthetic=synthetic, train=train, max_correlation=first.values[:, 0],
-      best_index=first.indices[:, 0], threshold=first.threshold.value,
-      threshold_rule=first.threshold.description, summary=_report_summary(summary),
-      holdout_max_correlation=first.holdout_max, num_pairs=num_pairs,
-      redact_training_images=redact_training_images, measure=first.measure, embedding=second,
-      holdout=holdout)
-  for item in found:
+  _write(pathlib.Path(out_dir), synthetic, train, holdout, results, embedded, summary, options,
+         extra_outputs or {})
+  for item in results:
     logging.info("audit written to %s: %d of %d synthetic images memorized by %s (threshold "
                  "%.4f)", out_dir, int(item.memorized.sum()), len(synthetic), item.measure,
-                 item.threshold.value)
+                 item.threshold)
   return summary
 
 
-def _search_pixels(synthetic, train, holdout, *, k, threshold, holdout_percentile, block_size,
-                   mesh, precision, progress, holdout_max_correlation) -> _Found:
+def _calibrate(train, holdout, options: AuditOptions, mesh: Mesh):
+  """Each training image's best pixel correlation with the held-out images that are not copies
+  of a training image; returns it, the held-out images kept, and what was left out.
+
+  A held-out image identical to a training image (best correlation within OVERLAP_TOLERANCE of 1)
+  would put the threshold at 1 and switch detection off. Such images are found by the search
+  itself (their training image scores 1 against them), left out with a warning that names them,
+  and the search is run again until none is left; the summary and the report say so.
+  """
+  kept = np.arange(len(holdout))
+  left_out: list[int] = []
+  while True:
+    subset = holdout if len(kept) == len(holdout) else sources_lib.IndexedSource(holdout, kept)
+    calibration = search_lib.search(
+        train, subset, 1, block_size=options.block_size, mesh=mesh,
+        precision=options.precision, progress=options.progress,
+        description="training vs holdout", names=("training", "holdout"))
+    best = calibration.values[:, 0]
+    copies = np.isfinite(best) & (best >= 1 - OVERLAP_TOLERANCE)
+    if not copies.any():
+      break
+    duplicates = np.unique(calibration.indices[copies, 0])
+    left_out.extend(int(kept[i]) for i in duplicates)
+    kept = np.delete(kept, duplicates)
+    if not kept.size:
+      raise ValueError(f"every image of the holdout set {holdout.description} is identical to a "
+                       f"training image of {train.description}: the holdout set must hold real "
+                       "images of other patients, never trained on")
+  overlap = None
+  if left_out:
+    left_out.sort()
+    ids = [holdout.image_id(i) for i in left_out]
+    shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    logging.warning(
+        "%d of %d holdout images are identical to training images and are left out of the "
+        "threshold's calibration: %s. A holdout set must hold other patients' images; check how "
+        "it was split from %s", len(left_out), len(holdout), shown, train.description)
+    overlap = {"count": len(left_out), "ids": ids[:_MAX_IDS_LISTED],
+               "kept": int(kept.size)}
+    holdout = sources_lib.IndexedSource(holdout, kept)
+  return calibration.values[:, 0], holdout, overlap
+
+
+def _checked_threshold(chosen: detectors.Threshold, holdout, measure: str) -> detectors.Threshold:
+  """A calibrated threshold at the exactness limit would pass exact copies: an error."""
+  if chosen.value >= detectors.MAX_THRESHOLD:
+    raise ValueError(
+        f"the {measure} threshold calibrated on {holdout.description} is {chosen.value:.6f}, at "
+        f"the limit of exactness ({detectors.MAX_THRESHOLD}): the held-out images are near-copies "
+        "of training images, so no copy could be detected. Give a holdout set of other patients' "
+        "images, or a fixed --config.audit.threshold without one")
+  return chosen
+
+
+def _search_pixels(synthetic, train, holdout, options: AuditOptions, mesh: Mesh,
+                   holdout_max: np.ndarray | None) -> AuditResult:
   start = time.perf_counter()
-  result = correlation.search_correlation(synthetic, train, k, block_size=block_size, mesh=mesh,
-                                          precision=precision, progress=progress,
-                                          description="synthetic vs training")
+  result = search_lib.search(synthetic, train, options.k, block_size=options.block_size,
+                             mesh=mesh, precision=options.precision, progress=options.progress,
+                             description="synthetic vs training")
   seconds = time.perf_counter() - start
-  holdout_max = None
-  if holdout is not None and holdout_max_correlation is not None:
-    holdout_max = np.asarray(holdout_max_correlation)
+  if holdout is not None:
+    holdout_max = np.asarray(holdout_max)
     if holdout_max.shape != (len(train),):
       raise ValueError(f"holdout_max_correlation has shape {holdout_max.shape}; expected "
                        f"({len(train)},), one value per image of {train.description}")
-    chosen = detectors.holdout_threshold(holdout_max, holdout_percentile, len(holdout))
-  elif holdout is not None:
-    calibration = correlation.search_correlation(train, holdout, 1, block_size=block_size,
-                                                  mesh=mesh, precision=precision,
-                                                  progress=progress,
-                                                  description="training vs holdout",
-                                                  names=("training", "holdout"))
-    holdout_max = calibration.values[:, 0]
-    chosen = detectors.holdout_threshold(holdout_max, holdout_percentile, len(holdout))
+    chosen = _checked_threshold(detectors.holdout_threshold(
+        holdout_max, options.holdout_percentile, len(holdout)), holdout, "pixel correlation")
   else:
-    chosen = detectors.fixed_threshold(threshold)
-  return _Found("correlation", result.values, result.indices, chosen,
-                detectors.is_memorized(result.values[:, 0], chosen.value), holdout_max,
-                result.zero_variance_synthetic, result.zero_variance_train, seconds,
-                result.precision, result.num_devices)
+    holdout_max = None
+    chosen = detectors.fixed_threshold(options.threshold)
+  return AuditResult("correlation", result.values, result.indices, chosen.value,
+                     chosen.description, chosen.rule, holdout_max_correlation=holdout_max,
+                     zero_variance_synthetic=result.zero_variance_synthetic,
+                     zero_variance_train=result.zero_variance_train, seconds=seconds,
+                     precision=result.precision, num_devices=result.num_devices)
+
+
+def _search_embeddings(synthetic, train, holdout, options: AuditOptions, mesh: Mesh, embed_fn):
+  start = time.perf_counter()
+  embedded = embedding_lib.search_embeddings(
+      synthetic, train, holdout, embed_fn=embed_fn, k=options.k, threshold=options.threshold,
+      holdout_percentile=options.holdout_percentile, mesh=mesh, precision=options.precision,
+      progress=options.progress)
+  if holdout is not None:
+    _checked_threshold(embedded.threshold, holdout, "embedding")
+  encoder = options.encoder_description or getattr(embed_fn, "description", None)
+  return embedded, AuditResult(
+      "embedding", embedded.values, embedded.indices, embedded.threshold.value,
+      embedded.threshold.description, embedded.threshold.rule,
+      holdout_max_correlation=embedded.holdout_max,
+      zero_variance_synthetic=embedded.zero_variance_synthetic,
+      zero_variance_train=embedded.zero_variance_train, seconds=time.perf_counter() - start,
+      precision=embedded.precision, num_devices=embedded.num_devices, encoder=encoder)
+
+
+def _write(out_dir: pathlib.Path, synthetic, train, holdout, results, embedded, summary,
+           options: AuditOptions, extra_outputs: dict[str, str]) -> None:
+  """Every output into a staging folder, then into `out_dir` at once, summary.json last."""
+  with outputs.Staging(out_dir, marker="summary.json", owned=AUDIT_FILES) as staging:
+    folder = staging.path
+    with outputs.writing(out_dir / "matches.csv", 40 * len(synthetic) * options.k):
+      _write_matches(folder / "matches.csv", synthetic, train, results)
+    arrays = {}
+    for item in results:
+      arrays.update(item.arrays())
+    with outputs.writing(out_dir / "correlations.npz",
+                         sum(np.asarray(a).nbytes for a in arrays.values())):
+      np.savez(folder / "correlations.npz", **arrays)
+    if embedded is not None:
+      vectors = {"synthetic": embedded.synthetic_embeddings, "train": embedded.train_embeddings}
+      if embedded.holdout_embeddings is not None:
+        vectors["holdout"] = embedded.holdout_embeddings
+      with outputs.writing(out_dir / "embeddings.npz", sum(v.nbytes for v in vectors.values())):
+        np.savez(folder / "embeddings.npz", **vectors)
+    with outputs.writing(out_dir / "report.html"):
+      report_lib.write_audit_report(
+          folder, synthetic=synthetic, train=train, results=results,
+          summary=_report_summary(summary), num_pairs=options.num_pairs,
+          redact_training_images=options.redact_training_images, holdout=holdout)
+    for name, text in extra_outputs.items():
+      with outputs.writing(out_dir / name, len(text)):
+        (folder / name).write_text(text)
+    with outputs.writing(out_dir / "summary.json"):
+      (folder / "summary.json").write_text(json.dumps(dict(summary), indent=2) + "\n")
+    staging.commit()
 
 
 def _report_summary(summary: dict[str, Any]) -> dict[str, Any]:
@@ -263,21 +395,23 @@ def _describe(source) -> dict[str, Any] | None:
   return {"source": source.description, "count": len(source), "image_shape": list(source.shape)}
 
 
-def _detector_summary(item: _Found, synthetic, train) -> dict[str, Any]:
-  max_correlation = item.values[:, 0]
+def detector_summary(item: AuditResult, synthetic, train) -> dict[str, Any]:
+  """One detector's figures, as summary.json holds them under "detectors"."""
+  max_correlation = item.max_correlation
   defined = int(np.isfinite(max_correlation).sum())
   summary = {
       "measure": _MEASURE[item.measure],
-      "threshold": {"value": item.threshold.value, "rule": item.threshold.rule,
-                    "description": item.threshold.description},
+      "threshold": {"value": item.threshold, "rule": item.threshold_kind,
+                    "description": item.threshold_rule},
       "num_synthetic_with_correlation": defined,
       "num_memorized": int(item.memorized.sum()),
       "fraction_memorized": (float(item.memorized.sum()) / defined) if defined else None,
       "fraction_above": {f"{t:.2f}": detectors.fraction_above(max_correlation, t)
                          for t in detectors.FIXED_THRESHOLDS},
       "max_correlation_quantiles": _quantiles(max_correlation),
-      "holdout_max_correlation_quantiles": (_quantiles(item.holdout_max)
-                                            if item.holdout_max is not None else None),
+      "holdout_max_correlation_quantiles": (
+          _quantiles(item.holdout_max_correlation)
+          if item.holdout_max_correlation is not None else None),
       "zero_variance": {"synthetic": _ids(synthetic, item.zero_variance_synthetic),
                         "train": _ids(train, item.zero_variance_train)},
       "search": {"seconds": item.seconds, "precision": item.precision,
@@ -288,8 +422,8 @@ def _detector_summary(item: _Found, synthetic, train) -> dict[str, Any]:
   return summary
 
 
-def _summary(synthetic, train, holdout, found, k) -> dict[str, Any]:
-  per_detector = {item.measure: _detector_summary(item, synthetic, train) for item in found}
+def _summary(synthetic, train, holdout, found, k, overlap=None) -> dict[str, Any]:
+  per_detector = {item.measure: detector_summary(item, synthetic, train) for item in found}
   summary = {
       "memjax_version": memjax.__version__,
       "detector": "both" if len(found) == 2 else found[0].measure,
@@ -300,6 +434,9 @@ def _summary(synthetic, train, holdout, found, k) -> dict[str, Any]:
       **per_detector[found[0].measure],
       "detectors": per_detector,
   }
+  if overlap is not None:
+    # Held-out images identical to training images, left out of the calibration (`_calibrate`).
+    summary["holdout"]["left_out_identical_to_training"] = overlap
   if len(found) == 2:
     pixels, embeddings = found[0].memorized, found[1].memorized
     summary["agreement"] = {
@@ -310,15 +447,15 @@ def _summary(synthetic, train, holdout, found, k) -> dict[str, Any]:
         "same_best_match": int(np.sum((found[0].indices[:, 0] == found[1].indices[:, 0])
                                       & (found[0].indices[:, 0] >= 0))),
     }
-  return _json_safe(summary)
+  return json_safe(summary)
 
 
-def _json_safe(value):
+def json_safe(value):
   """NaN and numpy scalars as JSON: NaN becomes null."""
   if isinstance(value, dict):
-    return {key: _json_safe(v) for key, v in value.items()}
+    return {key: json_safe(v) for key, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
+    return [json_safe(v) for v in value]
   if isinstance(value, (float, np.floating)):
     return None if not np.isfinite(value) else float(value)
   if isinstance(value, np.integer):

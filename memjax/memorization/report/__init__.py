@@ -17,7 +17,6 @@ request, no training pixels at all (redaction.py: one policy for every page).
   audit_page.py, comparison_page.py  the two pages
 """
 
-from memjax.memorization.report.audit_page import Detection
 from memjax.memorization.report.audit_page import write_audit_report
 from memjax.memorization.report.comparison_page import ModelAudit
 from memjax.memorization.report.comparison_page import write_comparison_report
@@ -46,7 +45,7 @@ from memjax.memorization.report.text import format_value
 from memjax.memorization.report.text import MEASURES
 
 __all__ = [
-    "DPI", "Detection", "FIXED_THRESHOLDS", "HISTOGRAM_SIZE_IN", "MAX_SCATTER_POINTS",
+    "DPI", "FIXED_THRESHOLDS", "HISTOGRAM_SIZE_IN", "MAX_SCATTER_POINTS",
     "MEASURES", "ModelAudit", "PAIRS_HEADER_HEIGHT_IN", "PAIRS_ROW_HEIGHT_IN", "PAIRS_WIDTH_IN",
     "WITHHOLD_LEVEL", "agreement_figure", "bin_edges", "display_note", "display_plane",
     "draw_density", "embed_png", "figure_to_png_bytes", "flatten_summary", "format_value",

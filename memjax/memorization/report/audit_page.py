@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from memjax.memorization.report import sections
 from memjax.memorization.report import text
 from memjax.memorization.report.planes import display_note
 from memjax.memorization.report.planes import embed_png
+from memjax.memorization.result import AuditResult
 
 MAX_LISTED_IDS = 50
 PIXEL_METHOD = ("Akbar, Wang & Eklund, “Beware of diffusion models for synthesizing medical "
@@ -29,32 +30,14 @@ EMBEDDING_METHOD = ("Dar et al., “Investigating data memorization in 3D latent
                     "for medical image synthesis” (2023)")
 
 
-@dataclasses.dataclass(frozen=True)
-class Detection:
-  """One detector's findings: each synthetic image's best training match and the rule.
-
-  measure: "correlation" (pixels) or "embedding" (a contrastive encoder's embeddings).
-  max_correlation: (N_synthetic,) the best correlation; NaN where undefined.
-  best_index: (N_synthetic,) the training image that gave it; -1 where undefined.
-  threshold, threshold_rule: images at or above the threshold are counted; how it was chosen.
-  holdout_max_correlation: (N_train,) each training image's best correlation with held-out real
-    images (what a calibrated threshold is the percentile of), or None.
-  """
-  measure: str
-  max_correlation: np.ndarray
-  best_index: np.ndarray
-  threshold: float
-  threshold_rule: str
-  holdout_max_correlation: np.ndarray | None = None
-
-
 def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any,
-                       max_correlation: np.ndarray, best_index: np.ndarray, threshold: float,
-                       threshold_rule: str, summary: Mapping[str, Any],
-                       holdout_max_correlation: np.ndarray | None = None, num_pairs: int = 8,
+                       summary: Mapping[str, Any], results: Sequence[AuditResult] | None = None,
+                       max_correlation: np.ndarray | None = None,
+                       best_index: np.ndarray | None = None, threshold: float | None = None,
+                       threshold_rule: str = "", holdout_max_correlation: np.ndarray | None = None,
+                       measure: str = "correlation", num_pairs: int = 8,
                        redact_training_images: bool = False,
-                       title: str = "memjax memorization audit", measure: str = "correlation",
-                       embedding: Detection | None = None,
+                       title: str = "memjax memorization audit",
                        holdout: Any = None) -> dict[str, pathlib.Path]:
   """Writes histogram.png, pairs.png and a self-contained report.html into `out_dir`.
 
@@ -62,39 +45,43 @@ def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: Any, train: An
     out_dir: folder to write into (created if missing).
     synthetic, train: the audited images and the training images they were searched against
       (image sources: shape, description, len, read, image_id, neighbors).
-    max_correlation: (N_synthetic,) each synthetic image's maximum correlation over the
-      training set; NaN for a zero-variance image.
-    best_index: (N_synthetic,) index into `train` of the best match; -1 where undefined.
-    threshold: images at or above it are counted as memorized.
-    threshold_rule: a sentence saying how the threshold was chosen.
     summary: the caller's summary (JSON-like, may nest); shown as a table.
-    holdout_max_correlation: optional (N_train,) each training image's maximum correlation with a
-      held-out real set: how alike real, different patients are.
+    results: each detector's `AuditResult` (memjax.memorization.result): pixel correlation, the
+      embedding detector, or pixel correlation then the embedding detector, which adds
+      histogram_embedding.png, pairs_embedding.png and agreement.png.
+    max_correlation, best_index, threshold, threshold_rule, holdout_max_correlation, measure:
+      instead of `results`, one detector's best matches as arrays (N_synthetic,) (NaN and -1
+      where undefined), its threshold and a sentence on how it was chosen, and optionally each
+      training image's maximum correlation with a held-out real set.
     num_pairs: how many of the closest pairs to draw.
     redact_training_images: apply the redaction policy of redaction.py (no training pixels).
     title: page title.
-    measure: what `max_correlation` correlates: "correlation" (pixels) or "embedding".
-    embedding: the embedding detector's findings beside pixel correlation (measure
-      "correlation"); adds histogram_embedding.png, pairs_embedding.png and agreement.png.
     holdout: the held-out image source, for the data table.
 
   Returns:
-    The written paths: "histogram", "pairs", "report", and with `embedding` also
+    The written paths: "histogram", "pairs", "report", and with two detectors also
     "histogram_embedding", "pairs_embedding" and "agreement".
   """
-  text.words(measure)
-  detections = [Detection(measure, *_checked_inputs(
-      synthetic, train, max_correlation, best_index, threshold, num_pairs,
-      holdout_max_correlation), float(threshold), threshold_rule, holdout_max_correlation)]
-  if embedding is not None:
-    if measure != "correlation" or embedding.measure != "embedding":
-      raise ValueError("a second detection is the embedding detector beside pixel correlation; "
-                       f"got {embedding.measure!r} beside {measure!r}")
-    values, best = _checked_inputs(synthetic, train, embedding.max_correlation,
-                                   embedding.best_index, embedding.threshold, num_pairs,
-                                   embedding.holdout_max_correlation)
-    detections.append(dataclasses.replace(embedding, max_correlation=values, best_index=best,
-                                          threshold=float(embedding.threshold)))
+  if results is None:
+    if max_correlation is None or best_index is None or threshold is None:
+      raise ValueError("give the detectors' results, or max_correlation, best_index and "
+                       "threshold")
+    results = [AuditResult.from_best(measure, max_correlation, best_index, threshold,
+                                     threshold_rule, holdout_max_correlation)]
+  results = list(results)
+  for item in results:
+    text.words(item.measure)
+  if len(results) == 2 and [r.measure for r in results] != ["correlation", "embedding"]:
+    raise ValueError("a second detection is the embedding detector beside pixel correlation; "
+                     f"got {results[1].measure!r} beside {results[0].measure!r}")
+  if not 1 <= len(results) <= 2:
+    raise ValueError(f"a report shows one or two detectors, got {len(results)}")
+  detections = []
+  for item in results:
+    values, best = _checked_inputs(synthetic, train, item.max_correlation, item.best_index,
+                                   item.threshold, num_pairs, item.holdout_max_correlation)
+    detections.append(dataclasses.replace(item, values=values[:, None], indices=best[:, None],
+                                          threshold=float(item.threshold)))
   redaction = redaction_lib.policy(redact_training_images, [
       redaction_lib.Score(d.measure, d.max_correlation, d.threshold) for d in detections])
   out = pathlib.Path(out_dir)
@@ -150,12 +137,12 @@ def _checked_inputs(synthetic, train, max_correlation, best_index, threshold, nu
   return correlation, best
 
 
-def _file_suffix(detection: Detection, index: int) -> str:
+def _file_suffix(detection: AuditResult, index: int) -> str:
   """How the files and tables of a detector are named: plain for the first, suffixed after."""
   return "" if index == 0 else text.words(detection.measure)["file_suffix"]
 
 
-def _verdict(detection: Detection, with_name: bool) -> str:
+def _verdict(detection: AuditResult, with_name: bool) -> str:
   correlation, threshold = detection.max_correlation, detection.threshold
   defined = np.isfinite(correlation)
   num_defined = int(defined.sum())
@@ -168,7 +155,7 @@ def _verdict(detection: Detection, with_name: bool) -> str:
           f"defined {value} reach the threshold {threshold:.4f} and are counted as memorized.")
 
 
-def _paragraphs(detection: Detection, pairs: sections.Pairs,
+def _paragraphs(detection: AuditResult, pairs: sections.Pairs,
                 redaction: redaction_lib.Redaction) -> list[str]:
   """What was measured, how to read it, and what the pair rows show, in this page's terms."""
   words = text.words(detection.measure)
@@ -197,7 +184,7 @@ def _paragraphs(detection: Detection, pairs: sections.Pairs,
   return paragraphs + [words["limits"]]
 
 
-def _detector_context(detection: Detection, index: int, num_detectors: int, *, synthetic, train,
+def _detector_context(detection: AuditResult, index: int, num_detectors: int, *, synthetic, train,
                       num_pairs, redaction, pngs) -> dict[str, Any]:
   both = num_detectors == 2
   file_suffix = _file_suffix(detection, index)
@@ -245,10 +232,21 @@ def _render_page(*, title, synthetic, train, holdout, detections, summary, num_p
   verdicts = [_verdict(d, with_name=both) for d in detections]
   zero_variance = None
   if undefined.size:
-    sentence = text.zero_variance_sentence(undefined.size, primary.measure)
+    constant = (len(primary.zero_variance_synthetic) if primary.zero_variance_train.size
+                and primary.zero_variance_train.size >= len(train) else None)
+    sentence = text.zero_variance_sentence(undefined.size, primary.measure, constant)
     verdicts[0] += " " + sentence
     listed = [synthetic.image_id(int(i)) for i in undefined[:MAX_LISTED_IDS]]
     zero_variance = dict(sentence=sentence, ids=listed, more=undefined.size - len(listed))
+  left_out = ((summary.get("holdout") or {}).get("left_out_identical_to_training")
+              if isinstance(summary, Mapping) else None)
+  if left_out:
+    total = left_out["count"] + left_out["kept"]
+    verdicts.append(
+        f"{left_out['count']} of {total} held-out images are identical to training images "
+        f"({', '.join(left_out['ids'][:5])}{' …' if left_out['count'] > 5 else ''}): they are "
+        f"the same patients, not different ones, so the threshold was calibrated on the other "
+        f"{left_out['kept']}. Check how the holdout set was split from the training set.")
   methods = [PIXEL_METHOD] if any(d.measure == "correlation" for d in detections) else []
   methods += [EMBEDDING_METHOD] if any(d.measure == "embedding" for d in detections) else []
   return render.render(

@@ -24,6 +24,7 @@ from memjax.memorization.report import sections
 from memjax.memorization.report import text
 from memjax.memorization.report.audit_page import EMBEDDING_METHOD
 from memjax.memorization.report.audit_page import PIXEL_METHOD
+from memjax.memorization.result import AuditResult
 
 GRID_IMAGES = 32
 _COLUMNS = (
@@ -47,15 +48,21 @@ class ModelAudit:
   Attributes:
     name: e.g. "ddpm".
     synthetic: the audited images (an ImageSource).
-    max_correlation: (N,) each synthetic image's highest correlation with the training set.
-    best_index: (N,) its best training match.
+    result: its pixel-correlation audit (memjax.memorization.result.AuditResult).
     figures: the row of the table: fraction_memorized, threshold, median_max_correlation, ...
   """
   name: str
   synthetic: Any
-  max_correlation: np.ndarray
-  best_index: np.ndarray
+  result: AuditResult
   figures: Mapping[str, Any]
+
+  @property
+  def max_correlation(self) -> np.ndarray:
+    return self.result.max_correlation
+
+  @property
+  def best_index(self) -> np.ndarray:
+    return self.result.best_index
 
 
 def _cell(value: Any, fmt: str) -> str:

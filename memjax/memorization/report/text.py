@@ -120,12 +120,22 @@ def flatten_summary(summary: Mapping[str, Any], prefix: str = "") -> list[tuple[
   return rows
 
 
-def zero_variance_sentence(count: int, measure: str = "correlation") -> str:
+def zero_variance_sentence(count: int, measure: str = "correlation",
+                           zero_variance: int | None = None) -> str:
+  """Why `count` synthetic images have no correlation: `zero_variance` of them (all, when None)
+  are constant; the others have no training image with nonzero variance to correlate with."""
+  zero_variance = count if zero_variance is None else zero_variance
   verb = "has" if count == 1 else "have"
   images = plural(count, "synthetic image", "synthetic images")
-  if measure == "embedding":
-    return f"{images} {verb} a constant embedding and no correlation."
-  return f"{images} {verb} zero variance and no correlation."
+  constant = "a constant embedding" if measure == "embedding" else "zero variance"
+  if zero_variance == count:
+    return f"{images} {verb} {constant} and no correlation."
+  if zero_variance == 0:
+    return (f"{images} {verb} no correlation: no training image has "
+            f"{'a non-constant embedding' if measure == 'embedding' else 'nonzero variance'}.")
+  some = "has" if zero_variance == 1 else "have"
+  return (f"{images} {verb} no correlation: {zero_variance} {some} {constant}, and no training "
+          "image can be correlated with the others.")
 
 
 def histogram_caption(zoomed: bool, what: str = "") -> str:

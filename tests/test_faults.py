@@ -1,0 +1,297 @@
+"""The audit's faults of issue 15, each reproduced for real: a holdout set that overlaps the
+training set, images on a huge offset, an all-constant training set, a killed audit, two audits
+into one work dir, a full disk, a huge k, a bad setting, a DDPM work dir given as the encoder.
+
+(The training faults are in test_faults_training.py, the data faults in test_faults_data.py.)
+"""
+
+import json
+import logging
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import audit as audit_config_file
+from memjax import workflows
+from memjax.memorization import audit
+from memjax.memorization import search as search_lib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def textured(rng, count, shape=(12, 12)):
+  return rng.standard_normal((count,) + shape).astype(np.float32)
+
+
+def pearson_float64(a, b):
+  a = np.asarray(a, np.float64).reshape(len(a), -1)
+  b = np.asarray(b, np.float64).reshape(len(b), -1)
+  a = a - a.mean(axis=1, keepdims=True)
+  b = b - b.mean(axis=1, keepdims=True)
+  a /= np.linalg.norm(a, axis=1, keepdims=True)
+  b /= np.linalg.norm(b, axis=1, keepdims=True)
+  return a @ b.T
+
+
+def env():
+  variables = dict(os.environ)
+  variables.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+                   MPLBACKEND="Agg")
+  variables.pop("MEMJAX_TRACEBACK", None)
+  return variables
+
+
+def launch(*args, wait=True):
+  command = [sys.executable, "launch.py", "--config=configs/audit.py",
+             "--config.audit.progress=false", *args]
+  if not wait:
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+  return subprocess.run(command, cwd=REPO_ROOT, env=env(), capture_output=True, text=True,
+                        timeout=300, check=False)
+
+
+# 1. A holdout set that overlaps the training set.
+
+
+@pytest.fixture(scope="module")
+def overlapping(tmp_path_factory):
+  rng = np.random.default_rng(0)
+  train = textured(rng, 60)
+  holdout = textured(rng, 40)
+  holdout[[3, 17, 30]] = train[[5, 9, 9]]  # 3 of 40 held-out images are training images
+  synthetic = np.concatenate([train[[1, 2, 4]], textured(rng, 12)])
+  root = tmp_path_factory.mktemp("overlap")
+  return dict(train=train, holdout=holdout, synthetic=synthetic, root=root)
+
+
+def test_overlapping_holdout_images_are_left_out_named_and_reported(overlapping, caplog):
+  with caplog.at_level(logging.WARNING):
+    summary = audit.run_audit(overlapping["root"] / "some", synthetic=overlapping["synthetic"],
+                              train=overlapping["train"], holdout=overlapping["holdout"],
+                              progress=False, num_pairs=2)
+  left_out = summary["holdout"]["left_out_identical_to_training"]
+  assert left_out["count"] == 3 and left_out["kept"] == 37
+  assert len(left_out["ids"]) == 3
+  assert any("identical to training images" in r.message for r in caplog.records)
+  # The threshold is the one of the 37 real held-out images, as float64 gives it.
+  kept = np.delete(np.arange(40), [3, 17, 30])
+  holdout_max = pearson_float64(overlapping["train"], overlapping["holdout"][kept]).max(axis=1)
+  assert summary["threshold"]["value"] == pytest.approx(np.percentile(holdout_max, 95), abs=2e-5)
+  threshold = summary["threshold"]["value"]
+  assert threshold < 0.9
+  best = pearson_float64(overlapping["synthetic"], overlapping["train"]).max(axis=1)
+  assert summary["num_memorized"] == int(np.sum(best >= threshold))
+  assert np.all(best[:3] >= threshold)  # the three exact copies are found
+  page = (overlapping["root"] / "some" / "report.html").read_text("utf-8")
+  assert "3 of 40 held-out images are identical to training images" in page
+
+
+def test_a_holdout_set_equal_to_the_training_set_is_refused(overlapping):
+  with pytest.raises(ValueError, match="every image of the holdout set"):
+    audit.run_audit(overlapping["root"] / "all", synthetic=overlapping["synthetic"],
+                    train=overlapping["train"], holdout=overlapping["train"], progress=False)
+
+
+def test_a_calibrated_threshold_at_the_exactness_limit_is_an_error(overlapping):
+  # Near-copies (not identical) of every training image as the holdout set.
+  near = overlapping["train"] + 2e-3 * np.random.default_rng(1).standard_normal(
+      overlapping["train"].shape).astype(np.float32)
+  with pytest.raises(ValueError, match="limit of exactness"):
+    audit.run_audit(overlapping["root"] / "near", synthetic=overlapping["synthetic"],
+                    train=overlapping["train"], holdout=near, progress=False)
+
+
+# 2. Images on a huge offset, and wide integers.
+
+
+@pytest.mark.parametrize("dtype, offset, scale", [
+    (np.float64, 1e7, 1.0), (np.float64, 1e8, 1.0), (np.float64, 1e200, 1e190),
+    (np.int64, 2**62, 1), (np.uint64, 2**63 + 2**62, 1), (np.int32, 2**30, 1)])
+def test_correlations_are_right_for_any_finite_offset(rng, dtype, offset, scale):
+  texture = rng.integers(-100, 100, (30, 10, 10))
+  synthetic_texture = np.concatenate([texture[[2, 7]], texture[[11]] + rng.integers(
+      -30, 30, (1, 10, 10)), rng.integers(-100, 100, (3, 10, 10))])
+
+  def on_offset(values):
+    if np.issubdtype(dtype, np.integer):  # exact: offset + texture, modulo 2^64 for uint64
+      return np.array(offset, dtype) + values.astype(np.int64).astype(dtype)
+    return offset + scale * values.astype(np.float64)
+
+  result = search_lib.search(on_offset(synthetic_texture), on_offset(texture), 3)
+  reference = pearson_float64(synthetic_texture, texture)  # the texture alone: what Pearson sees
+  order = np.argsort(-reference, axis=1, kind="stable")[:, :3]
+  np.testing.assert_array_equal(result.indices, order)
+  np.testing.assert_allclose(result.values, np.take_along_axis(reference, order, axis=1),
+                             atol=1e-5)
+  assert result.values[0, 0] == 1.0 and result.values[1, 0] == 1.0  # exact copies, refined
+  assert result.zero_variance_synthetic.size == 0 and result.zero_variance_train.size == 0
+
+
+# 3. An all-constant training set: the report and summary.json agree.
+
+
+def test_all_constant_training_set_report_and_summary_agree(tmp_path, rng):
+  train = np.stack([np.full((8, 8), v, np.float32) for v in range(10)])
+  synthetic = textured(rng, 6, (8, 8))
+  summary = audit.run_audit(tmp_path, synthetic=synthetic, train=train, progress=False,
+                            num_pairs=1)
+  assert summary["zero_variance"]["synthetic"]["count"] == 0
+  assert summary["zero_variance"]["train"]["count"] == 10
+  assert summary["num_synthetic_with_correlation"] == 0
+  page = (tmp_path / "report.html").read_text("utf-8")
+  assert "have zero variance" not in page
+  assert "no training image has nonzero variance" in page
+
+
+# 4, 7. Atomic outputs, one run per work dir, a full disk.
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+  rng = np.random.default_rng(3)
+  root = tmp_path_factory.mktemp("folders")
+  train = rng.integers(0, 255, (400, 32, 32), dtype=np.uint8)
+  np.save(root / "train.npy", train)
+  np.save(root / "copies.npy", np.concatenate([train[:5], rng.integers(
+      0, 255, (93, 32, 32), dtype=np.uint8)]))
+  np.save(root / "novel.npy", rng.integers(0, 255, (98, 32, 32), dtype=np.uint8))
+  return root
+
+
+def audit_config(synthetic, train, **audit):
+  config = audit_config_file.get_config()
+  config.audit.synthetic_images = str(synthetic)
+  config.audit.training_images = str(train)
+  config.audit.progress = False
+  for key, value in audit.items():
+    config.audit[key] = value
+  return config
+
+
+def test_a_killed_audit_leaves_the_previous_results_whole(folders, tmp_path):
+  workdir = tmp_path / "audit"
+  workflows.run(audit_config(folders / "copies.npy", folders / "train.npy"), workdir)
+  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  assert json.loads(before["summary.json"])["num_memorized"] == 5
+  process = launch(f"--config.audit.synthetic_images={folders / 'novel.npy'}",
+                   f"--config.audit.training_images={folders / 'train.npy'}",
+                   f"--workdir={workdir}", wait=False)
+  deadline = time.monotonic() + 240
+  while not list(workdir.glob(".staging-*")) and process.poll() is None:
+    assert time.monotonic() < deadline
+    time.sleep(0.005)
+  process.send_signal(signal.SIGKILL)
+  process.wait(timeout=60)
+  after = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  if "summary.json" in after and after["summary.json"] != before["summary.json"]:
+    pytest.skip("the audit finished before it could be killed while writing")
+  # Killed while staging: every file the reader sees is the earlier audit's.
+  for name in ("summary.json", "matches.csv", "report.html", "correlations.npz", "config.json"):
+    assert after.get(name) == before[name], name
+  # A re-run clears the killed run's staging folder and commits its own results.
+  workflows.run(audit_config(folders / "novel.npy", folders / "train.npy"), workdir)
+  assert json.loads((workdir / "summary.json").read_text())["num_memorized"] == 0
+  assert not list(workdir.glob(".staging-*"))
+
+
+def test_a_failed_rerun_leaves_results_and_config_untouched(folders, tmp_path):
+  workdir = tmp_path / "audit"
+  workflows.run(audit_config(folders / "copies.npy", folders / "train.npy", k=2), workdir)
+  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  bad = tmp_path / "bad.npy"
+  np.save(bad, np.full((4, 32, 32), np.nan, np.float32))
+  with pytest.raises(ValueError, match="NaN or infinite"):
+    workflows.run(audit_config(bad, folders / "train.npy"), workdir)
+  after = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  after.pop(".memjax.lock", None), before.pop(".memjax.lock", None)
+  assert after == before
+
+
+def test_two_audits_into_one_work_dir_one_fails_fast_naming_the_holder(folders, tmp_path):
+  workdir = tmp_path / "audit"
+  args = (f"--config.audit.synthetic_images={folders / 'copies.npy'}",
+          f"--config.audit.training_images={folders / 'train.npy'}", f"--workdir={workdir}")
+  first = launch(*args, wait=False)
+  deadline = time.monotonic() + 120
+  while not (workdir / ".memjax.lock").exists() or not (workdir / ".memjax.lock").read_text():
+    assert time.monotonic() < deadline and first.poll() is None
+    time.sleep(0.01)
+  with pytest.raises(OSError, match=re.escape(f"in use by another memjax run (pid {first.pid})")):
+    workflows.run(audit_config(folders / "novel.npy", folders / "train.npy"), workdir)
+  _, first_err = first.communicate(timeout=300)
+  assert first.returncode == 0, first_err
+  assert json.loads((workdir / "summary.json").read_text())["num_memorized"] == 5
+
+
+def test_a_full_disk_names_the_file_and_keeps_nothing_half_written(folders, tmp_path):
+  mount = tmp_path / "small"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)],
+                    capture_output=True, check=False).returncode:
+    pytest.skip("cannot mount a small tmpfs here")
+  try:
+    process = launch(f"--config.audit.synthetic_images={folders / 'copies.npy'}",
+                     f"--config.audit.training_images={folders / 'train.npy'}",
+                     "--config.audit.k=50", f"--workdir={mount / 'audit'}")
+    assert process.returncode == 2, process.stderr
+    line = process.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: no space left on the device to write ")
+    assert str(mount / "audit") in line and "needs about" in line
+    left = sorted(p.name for p in (mount / "audit").iterdir())
+    assert left in ([".memjax.lock"], []), left  # no cut matches.csv, no half pairs.png
+  finally:
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+# 10, 12, 13. Settings.
+
+
+def test_k_beyond_the_training_set_is_capped_with_one_warning(tmp_path, rng, caplog):
+  train = textured(rng, 7)
+  with caplog.at_level(logging.WARNING):
+    summary = audit.run_audit(tmp_path, synthetic=textured(rng, 3), train=train, k=10_000,
+                              progress=False, num_pairs=0)
+  assert summary["k"] == 7
+  assert sum("more than the 7 training images" in r.message for r in caplog.records) == 1
+  assert len((tmp_path / "matches.csv").read_text().splitlines()) == 1 + 3 * 7
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(num_pairs=-1), "num_pairs must be an integer of at least 0"),
+    (dict(k=0), "k must be an integer of at least 1"),
+    (dict(precision="fast"), "precision must be one of"),
+    (dict(threshold=1.5), "threshold must lie in"),
+    (dict(detector="pixels"), "unknown detector"),
+])
+def test_every_setting_is_checked_before_any_search(tmp_path, rng, monkeypatch, change, message):
+  def no_search(*args, **kwargs):
+    raise AssertionError("searched before the settings were checked")
+
+  monkeypatch.setattr(search_lib, "search", no_search)
+  with pytest.raises(ValueError, match=message):
+    audit.run_audit(tmp_path, synthetic=textured(rng, 3), train=textured(rng, 5),
+                    progress=False, **change)
+
+
+def test_a_ddpm_work_dir_as_the_encoder_is_named(tmp_path, rng):
+  encoder = tmp_path / "ddpm_run"
+  encoder.mkdir()
+  (encoder / "config.json").write_text(json.dumps({"model": {"name": "ddpm"}}))
+  np.save(tmp_path / "s.npy", textured(rng, 3))
+  np.save(tmp_path / "t.npy", textured(rng, 5))
+  process = launch(f"--config.audit.synthetic_images={tmp_path / 's.npy'}",
+                   f"--config.audit.training_images={tmp_path / 't.npy'}",
+                   "--config.audit.detector=embedding", f"--config.audit.encoder={encoder}",
+                   f"--workdir={tmp_path / 'audit'}")
+  assert process.returncode == 2
+  assert process.stderr.strip().splitlines()[-1].startswith(
+      f"error: --config.audit.encoder={encoder} is the work dir of a 'ddpm' model")
+  assert "Traceback" not in process.stderr
