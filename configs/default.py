@@ -23,6 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.audit.holdout_percentile = 95.0  # Dar et al.'s rule, with a holdout set
   config.audit.block_size = 0  # training images per streamed block; 0: chosen by memjax
   config.audit.num_devices = 0  # devices of the mesh; 0: all of them
+  # The most memory a search holds; larger images are searched in pieces of their pixels.
+  config.audit.memory_gb = 2.0
   # Products: "float32", "bfloat16x3" (split products on a bfloat16 matrix unit, within 3e-6 of
   # float32), or "auto" (bfloat16x3 on GPUs, TPUs and CPUs with AMX, else float32).
   config.audit.precision = "auto"
@@ -61,6 +63,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.data_dir = config_dict.placeholder(str)  # default $MEMJAX_DATA_DIR
   config.data.volumes = False  # folders and arrays: images are 3D volumes (D, H, W[, C])
   config.data.downsample = 1  # train on means of N^d pixel blocks (small 3D models)
+  # Train on a fixed subset of N images of the source (0: all of them), the same N every run and
+  # on every process, chosen by subset_seed alone (not config.seed, so that models of different
+  # seeds see the same images); for one seed, a smaller subset lies inside a larger one.
+  config.data.num_images = 0
+  config.data.subset_seed = 0
   config.data.num_threads = 4  # threads reading and decoding batches
   config.data.prefetch_batches = 4
 
@@ -130,7 +137,14 @@ def ddpm(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def stylegan2(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Adds StyleGAN2's keys to `config`, at NVlabs stylegan2-ada-pytorch's defaults below 512 px.
+  """Adds StyleGAN2's keys to `config`: stylegan2-ada-pytorch's `auto` config below 512 px.
+
+  That is fmaps 0.5 (channel_base 16384, at most 512 channels), lr 0.0025, Adam (0, 0.99), mbstd
+  groups of 4, an EMA half-life of 10 kimg (auto's batch x 10 / 32 at batch 32) with ramp-up
+  0.05 and ADA toward 0.6, except 8 mapping layers (its `stylegan2` and `paper256` configs and
+  the StyleGAN2 paper; `auto` uses 2) and R1 gamma 10 (the `stylegan2` config's; `auto` computes
+  0.0002 x resolution^2 / batch). The paper configs set every value themselves
+  (configs/cxr_stylegan2.py).
 
   model.* are G's and D's (memjax/models/stylegan2.py; resolution and channels come from the
   data), loss.* the losses and lazy regularizers, ada.* the adaptive augmentation, ema_* the
@@ -139,7 +153,7 @@ def stylegan2(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.model.name = "stylegan2"
   config.model.z_dim = 512
   config.model.w_dim = 512
-  config.model.map_layers = 8
+  config.model.map_layers = 8  # stylegan2/paper256's; the reference's auto config uses 2
   config.model.mapping_lr_multiplier = 0.01
   config.model.channel_base = 16384  # channels min(channel_base / resolution, channel_max)
   config.model.channel_max = 512

@@ -35,8 +35,9 @@ def pearson_float64(a, b):
   b = np.asarray(b, np.float64).reshape(len(b), -1)
   a = a - a.mean(axis=1, keepdims=True)
   b = b - b.mean(axis=1, keepdims=True)
-  a /= np.linalg.norm(a, axis=1, keepdims=True)
-  b /= np.linalg.norm(b, axis=1, keepdims=True)
+  with np.errstate(invalid="ignore"):  # a constant image has no correlation
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
   return a @ b.T
 
 
@@ -295,3 +296,58 @@ def test_a_ddpm_work_dir_as_the_encoder_is_named(tmp_path, rng):
   assert process.stderr.strip().splitlines()[-1].startswith(
       f"error: --config.audit.encoder={encoder} is the work dir of a 'ddpm' model")
   assert "Traceback" not in process.stderr
+
+
+# 8. Memory that does not grow with the image size.
+
+
+def test_huge_images_are_searched_in_pixel_pieces_within_the_budget():
+  from memjax.memorization import kernels  # pylint: disable=g-import-not-at-top
+  from memjax.memorization import pieces  # pylint: disable=g-import-not-at-top
+  budget = kernels.SearchBudget()
+  # 8000x8000 8-bit images and BraTS-sized 5-channel volumes need pieces on 4 devices; 256x256
+  # slices keep the row-tiled kernels (whose results the other tests pin bitwise).
+  assert pieces.needs_pieces(8000 * 8000, 1, 4, budget)
+  assert pieces.needs_pieces(240 * 240 * 155 * 5, 1, 4, budget)
+  assert not pieces.needs_pieces(256 * 256 * 5, 4, 4, budget)
+  rows = pieces._rows_per_group(8000 * 8000 * 8, budget.max_bytes)  # float64 images
+  piece = pieces._piece_size(rows, 8000 * 8000, budget.max_bytes)
+  held = 2 * rows * 8000 * 8000 * 8 + 2 * 2 * rows * piece * 8  # rows, float64 pieces, float32
+  assert held <= budget.max_bytes
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64])
+def test_the_pixel_piece_search_is_exact(rng, dtype):
+  # 3D volumes with 2 channels, searched with a budget far below the minimal row-tiled plan.
+  shape = (6, 10, 12, 2)
+  train = rng.integers(0, 255, (23,) + shape).astype(dtype)
+  if dtype == np.float64:
+    train = 1e8 + train  # an offset that float32 rows would round the texture away on
+  train[9] = train[9].flat[0]  # a constant volume: never matched
+  synthetic = np.concatenate([train[[4, 17]], train[[5]] + (rng.integers(-9, 9, (1,) + shape)),
+                              rng.integers(0, 255, (4,) + shape).astype(dtype) + train[0].min()])
+  synthetic = synthetic.astype(dtype)
+  result = search_lib.search(synthetic, train, 3, memory_bytes=40_000)
+  def shifted(images):  # Pearson does not see a shift; float64 does not lose 1e8's texture
+    rows = images.reshape(len(images), -1).astype(np.float64)
+    return rows - rows[:, :1]
+
+  reference = pearson_float64(shifted(synthetic), shifted(train))
+  reference[:, 9] = -np.inf
+  order = np.argsort(-reference, axis=1, kind="stable")[:, :3]
+  np.testing.assert_array_equal(result.indices, order)
+  np.testing.assert_allclose(result.values, np.take_along_axis(reference, order, axis=1),
+                             atol=1e-5)
+  assert result.values[0, 0] == 1.0 and result.values[1, 0] == 1.0
+  np.testing.assert_array_equal(result.zero_variance_train, [9])
+  # The same answer as the row-tiled kernels give with the default budget.
+  tiled = search_lib.search(synthetic, train, 3)
+  np.testing.assert_array_equal(tiled.indices, result.indices)
+  np.testing.assert_allclose(tiled.values, result.values, atol=2e-6)
+  # A set against itself, each volume left out of its own matches.
+  own = search_lib.search(train, train, 1, exclude=np.arange(23), memory_bytes=40_000)
+  expected = pearson_float64(shifted(train), shifted(train))
+  np.fill_diagonal(expected, -np.inf)
+  expected[:, 9] = -np.inf
+  defined = np.arange(23) != 9
+  np.testing.assert_array_equal(own.indices[defined, 0], np.argmax(expected, axis=1)[defined])

@@ -12,6 +12,11 @@ double loop) timed on a subsample and extrapolated. Then the peak RSS of searche
 .npy file of two sizes (4x apart), each in a fresh process, to show that memory does not grow with
 the training set. Targets on a 2-core CPU: memjax <= 1.05x the bare XLA product, <= 0.5x faiss, the
 first call <= 1.5x the bare product; RSS growth <= 64 MB for 262 MB -> 1 GB.
+
+With --image_rss, the peak RSS of audits of huge images instead, each in a fresh process: 2D
+images of 4000x4000 and 8000x8000 (4x the pixels) and 3D volumes of 240x240x155 with 5 channels
+(BraTS), which the search tiles along the pixels (memorization/pieces.py). Target: the search's
+peak stays within its memory budget (2 GB) and does not grow 4x with the image.
 """
 
 from __future__ import annotations
@@ -78,6 +83,49 @@ def _rss_child(path, num_synthetic, k):
                     "seconds": elapsed}))
 
 
+def _image_rss_child(path, k):
+  """Searches 2 synthetic images against the images in `path`; prints the peak RSS."""
+  from memjax.memorization import search  # pylint: disable=g-import-not-at-top
+  train = np.load(path, mmap_mode="r")
+  synthetic = np.ascontiguousarray(train[:2])  # exact copies: the answer is known
+  shape, count = train.shape, len(train)
+  del train
+  before = _proc_status_mb("VmHWM")
+  start = time.perf_counter()
+  result = search.search(synthetic, path, k)
+  elapsed = time.perf_counter() - start
+  print(json.dumps({"peak_rss_mb": _proc_status_mb("VmHWM"), "rss_before_search_mb": before,
+                    "seconds": elapsed, "shape": list(shape[1:]), "count": count,
+                    "copies_found": bool(np.all(result.indices[:, 0] == [0, 1])
+                                         and np.all(result.values[:, 0] == 1.0))}))
+
+
+def _image_rss_check(args):
+  """Peak RSS of searches of huge images, each in a new process (see the module docstring)."""
+  print("\nPeak RSS of searches of huge images (uint8, streamed from a .npy file, fresh process "
+        "each; budget 2 GB):")
+  cases = [((4000, 4000), 4), ((8000, 8000), 4), ((240, 240, 155, 5), 6)]
+  with tempfile.TemporaryDirectory() as tmp:
+    for shape, count in cases:
+      path = os.path.join(tmp, "train.npy")
+      array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count,) + shape)
+      rng = np.random.default_rng(3)
+      for i in range(count):
+        array[i] = rng.integers(0, 256, shape, dtype=np.uint8)
+      array.flush()
+      del array
+      out = subprocess.run([sys.executable, __file__, "--image_rss_child", path, "--k",
+                            str(args.k)], check=True, capture_output=True, text=True)
+      result = json.loads(out.stdout.strip().splitlines()[-1])
+      image_mb = int(np.prod(shape)) / 1e6
+      before = result["rss_before_search_mb"]
+      print(f"  {count} x {'x'.join(map(str, shape))} ({image_mb:.0f} MB per image): peak RSS "
+            f"{result['peak_rss_mb']:7.1f} MB (before the search {before:.1f}"
+            f" MB; the search's own {result['peak_rss_mb'] - before:.0f} "
+            f"MB), {result['seconds']:.1f} s, copies found: {result['copies_found']}", flush=True)
+      os.remove(path)
+
+
 def _proc_status_mb(field):
   """A memory figure of this process from /proc/self/status, in MB.
 
@@ -105,7 +153,16 @@ def main():
                       help="pairs timed for the seed paper's double loop")
   parser.add_argument("--skip_rss", action="store_true")
   parser.add_argument("--rss_child", help=argparse.SUPPRESS)
+  parser.add_argument("--image_rss", action="store_true",
+                      help="measure the peak RSS of searches of huge 2D images and 3D volumes")
+  parser.add_argument("--image_rss_child", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.image_rss_child:
+    _image_rss_child(args.image_rss_child, args.k)
+    return
+  if args.image_rss:
+    _image_rss_check(args)
+    return
   if args.rss_child:
     _rss_child(args.rss_child, args.num_synthetic, args.k)
     return

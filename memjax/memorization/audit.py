@@ -78,6 +78,8 @@ class AuditOptions:
   redact_training_images: a report with no training pixels (report/redaction.py).
   progress: progress bars.
   encoder_description: the embedding detector's encoder, as the summary names it.
+  memory_gb: the most memory a search may hold; images too large for it are searched in pieces
+    of their pixels (memorization/pieces.py), so the audit fits whatever the image size.
   """
   detector: str = "correlation"
   k: int = 1
@@ -89,6 +91,7 @@ class AuditOptions:
   redact_training_images: bool = False
   progress: bool = True
   encoder_description: str | None = None
+  memory_gb: float = 2.0
 
   @classmethod
   def from_config(cls, audit: Any) -> AuditOptions:
@@ -100,7 +103,11 @@ class AuditOptions:
                block_size=get("block_size") or None, precision=get("precision", "auto"),
                num_pairs=get("num_pairs", 8),
                redact_training_images=bool(get("redact_training_images", False)),
-               progress=bool(get("progress", True)))
+               progress=bool(get("progress", True)), memory_gb=get("memory_gb", 2.0))
+
+  @property
+  def memory_bytes(self) -> int:
+    return int(self.memory_gb * (1 << 30))
 
   def check(self, *, has_holdout: bool) -> None:
     """Raises ValueError naming the first setting that is wrong, before any work is done."""
@@ -116,6 +123,10 @@ class AuditOptions:
                                         or self.block_size < 1):
       raise ValueError(f"config.audit.block_size must be a positive integer (or 0: chosen by "
                        f"memjax), got {self.block_size!r}")
+    if isinstance(self.memory_gb, bool) or not isinstance(
+        self.memory_gb, (int, float)) or not self.memory_gb > 0:
+      raise ValueError(f"config.audit.memory_gb must be a positive number, got "
+                       f"{self.memory_gb!r}")
     if self.precision not in precision_lib.PRECISIONS:
       raise ValueError(f"config.audit.precision must be one of "
                        f"{', '.join(precision_lib.PRECISIONS)}, got {self.precision!r}")
@@ -231,6 +242,7 @@ def _calibrate(train, holdout, options: AuditOptions, mesh: Mesh):
     calibration = search_lib.search(
         train, subset, 1, block_size=options.block_size, mesh=mesh,
         precision=options.precision, progress=options.progress,
+        memory_bytes=options.memory_bytes,
         description="training vs holdout", names=("training", "holdout"))
     best = calibration.values[:, 0]
     copies = np.isfinite(best) & (best >= 1 - OVERLAP_TOLERANCE)
@@ -274,7 +286,8 @@ def _search_pixels(synthetic, train, holdout, options: AuditOptions, mesh: Mesh,
   start = time.perf_counter()
   result = search_lib.search(synthetic, train, options.k, block_size=options.block_size,
                              mesh=mesh, precision=options.precision, progress=options.progress,
-                             description="synthetic vs training")
+                             description="synthetic vs training",
+                             memory_bytes=options.memory_bytes)
   seconds = time.perf_counter() - start
   if holdout is not None:
     holdout_max = np.asarray(holdout_max)

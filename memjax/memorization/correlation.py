@@ -1,4 +1,8 @@
-"""The exact, streaming, sharded top-k Pearson correlation search.
+"""The exact, streaming, sharded top-k Pearson correlation search: the pixel detector's API.
+
+It is `search.search` with metric "correlation"; the work is done by kernels.py (plans and the
+device kernels), streaming.py (blocks, read-ahead, merges), precision.py (the products) and, for
+images too large for the memory budget, pieces.py (tiles along the pixels).
 
 For every synthetic image, the k training images it correlates with most, over all pixels or voxels
 and channels (Akbar, Wang & Eklund 2025). Pearson correlation is the dot product of the two images'
@@ -11,7 +15,7 @@ flattened, mean-centred, unit-norm vectors, so the search is a matrix product fo
   does not grow with the training set.
 * Pixels travel in their stored dtype (uint8 images move 4x fewer bytes than float32). The
   synthetic images are centred and normalized on the device; the training tile is never rewritten:
-  its mean and norm are applied to the products (see `_tile_top_k`).
+  its mean and norm are applied to the products (see `kernels._tile_top_k`).
 * The products run in float32, or as split bfloat16 products on the machine's bfloat16 matrix
   unit (AMX, tensor cores, the MXU), which carry 16 significant bits of every value (8-bit pixels
   exactly) and stay within a few 1e-6 of float32 and 1e-5 of float64: `precision="auto"` picks
@@ -20,9 +24,10 @@ flattened, mean-centred, unit-norm vectors, so the search is a matrix product fo
   keeps excess precision) can take its low half away.
 * Matches within REFINE_BAND of 1, where "copy" or "nearly" is the verdict, are rescored in
   float64 (as faiss's IndexRefine reranks): an exact copy scores 1.
-* How much goes to a device at once is a `SearchBudget`: cache-sized tiles on CPUs; on GPUs and
-  TPUs tiles and chunks of thousands of rows for the matrix units, blocks staged through pinned
-  host memory, and a training set that fits kept on the device across synthetic chunks.
+* How much goes to a device at once is a `SearchBudget` (kernels.py): cache-sized tiles on CPUs;
+  on GPUs and TPUs tiles and chunks of thousands of rows for the matrix units, blocks staged
+  through pinned host memory, and a training set that fits kept on the device across synthetic
+  chunks.
 * Each device works through its rows in tiles of a fixed shape (`tile_size` rows). A matrix
   product's rounding depends on its shapes, so fixed tiles make every correlation bitwise the same
   whatever the block size or the number of devices. (The tile size follows from the training set's

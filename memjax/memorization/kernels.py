@@ -50,6 +50,8 @@ class SearchBudget:
     there after the first synthetic chunk, rather than being read again for every chunk.
   staging: the host memory kind blocks pass through on their way to the device: "pinned_host"
     (page-locked: the copy runs at the bus's speed, asynchronously) or None (a direct copy).
+  max_bytes: the most memory the search may hold; images so large that even 8 rows per device
+    would not fit are searched in pieces of their pixels instead (pieces.py).
   """
   tile_bytes: int = 32 << 20
   max_tile_rows: int = 4096
@@ -57,6 +59,7 @@ class SearchBudget:
   score_tile_bytes: int = 64 << 20
   resident_bytes: int = 0
   staging: str | None = None
+  max_bytes: int = 2 << 30
 
 
 # CPUs: tiles that stay in cache-sized pieces, and a training set streamed whatever its size (the
@@ -75,7 +78,8 @@ def accelerator_budget(memory_bytes: int, staging: str | None = "pinned_host") -
   return SearchBudget(tile_bytes=min(1 << 30, memory_bytes // 32), max_tile_rows=16384,
                       synthetic_chunk_bytes=min(2 << 30, memory_bytes // 32),
                       score_tile_bytes=min(512 << 20, memory_bytes // 64),
-                      resident_bytes=memory_bytes // 4, staging=staging)
+                      resident_bytes=memory_bytes // 4, staging=staging,
+                      max_bytes=memory_bytes // 2)
 
 
 def search_budget(mesh: Mesh) -> SearchBudget:

@@ -40,6 +40,7 @@ from jax.sharding import Mesh
 from memjax import parallel
 from memjax.data import sources as sources_lib
 from memjax.memorization import kernels
+from memjax.memorization import pieces
 from memjax.memorization import streaming
 from memjax.memorization.kernels import METRICS
 from memjax.memorization.precision import resolve_precision
@@ -86,7 +87,7 @@ def search(queries: Any, references: Any, k: int = 1, *, metric: str = "correlat
            progress: bool = False, description: str | None = None,
            names: tuple[str, str] = ("synthetic", "training"),
            budget: kernels.SearchBudget | None = None, resident: bool | None = None,
-           refine: bool = True) -> SearchResult:
+           refine: bool = True, memory_bytes: int | None = None) -> SearchResult:
   """Each query's k best references by `metric`, exactly (see the module docstring).
 
   Args:
@@ -104,6 +105,8 @@ def search(queries: Any, references: Any, k: int = 1, *, metric: str = "correlat
     budget: device memory to use (default `kernels.search_budget(mesh)`); resident: keep the
       references on the devices across query chunks (default: where they fit in the budget).
     refine: "correlation" only: rescore matches within REFINE_BAND of 1 in float64.
+    memory_bytes: the most memory the search may hold (default budget.max_bytes, 2 GB on CPUs):
+      "correlation" searches of images too large for it run tiled along the pixels (pieces.py).
   """
   if metric not in METRICS:
     raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -129,7 +132,20 @@ def search(queries: Any, references: Any, k: int = 1, *, metric: str = "correlat
     kernel_k = min(k, num_references)  # pad at the end; plan_search rejects k < 1
     precision = resolve_precision(precision, mesh)
   budget = budget if budget is not None else kernels.search_budget(mesh)
+  if memory_bytes is not None:
+    budget = dataclasses.replace(budget, max_bytes=int(memory_bytes))
   image_size = int(np.prod(references.shape))
+  itemsize = max(streaming.transfer_dtype(queries).itemsize,
+                 streaming.transfer_dtype(references).itemsize)
+  if metric == "correlation" and pieces.needs_pieces(image_size, itemsize,
+                                                     parallel.mesh_size(mesh), budget):
+    values, index, query_status, reference_status = pieces.search_in_pieces(
+        queries, references, kernel_k, budget, mesh.devices.flat[0], exclude=exclude,
+        progress=progress, description=description or f"{names[0]} vs {names[1]}",
+        names=names)
+    return _correlation_result(queries, references, values, index, query_status,
+                               reference_status, k, kernel_k, refine, precision="float32",
+                               num_devices=1)
   plan = kernels.plan_search(len(queries), num_references, image_size, kernel_k,
                              parallel.mesh_size(mesh), block_size=block_size,
                              tile_size=tile_size, synthetic_chunk=synthetic_chunk, budget=budget)
@@ -151,6 +167,14 @@ def search(queries: Any, references: Any, k: int = 1, *, metric: str = "correlat
 
   values, index = _recentred(queries, references, values, index, reference_status, plan,
                              mesh, budget, kernel_k, settings)
+  return _correlation_result(queries, references, values, index, query_status,
+                             reference_status, k, kernel_k, refine, precision=precision,
+                             num_devices=plan.num_devices)
+
+
+def _correlation_result(queries, references, values, index, query_status, reference_status, k,
+                        kernel_k, refine, *, precision, num_devices) -> SearchResult:
+  """Pads to k, marks queries without a correlation, refines near-exact matches."""
   if kernel_k < k:
     values, index = streaming.merge_candidates(values, index, k)  # pads with NaN and -1
   no_correlation = query_status != kernels.OK
@@ -162,7 +186,7 @@ def search(queries: Any, references: Any, k: int = 1, *, metric: str = "correlat
       values=values, indices=index,
       zero_variance_synthetic=np.flatnonzero(query_status == kernels.ZERO_VARIANCE),
       zero_variance_train=np.flatnonzero(reference_status == kernels.ZERO_VARIANCE),
-      precision=precision, num_devices=plan.num_devices, metric=metric)
+      precision=precision, num_devices=num_devices, metric="correlation")
 
 
 def _recentred(queries, references, values, index, reference_status, plan, mesh, budget,
@@ -200,24 +224,19 @@ def refine_near_exact(values: np.ndarray, index: np.ndarray, synthetic: sources_
   enough to score an exact copy 0.999997: within the search's 1e-5, but a privacy officer reads
   "1.000000" as "a copy" and "0.999997" as "nearly one". The band around 1 is where that
   difference is the verdict, so its matches are recomputed exactly: an exact copy then scores 1.
-  Near copies are rare, and each costs two image reads; past _MAX_REFINED_PAIRS the values are
-  left as the search found them.
+  Near copies are rare, and each costs two image reads (piece by piece in float64: memory does
+  not grow with the image); past _MAX_REFINED_PAIRS the values are left as the search found them.
   """
   rows, columns = np.nonzero(np.nan_to_num(values, nan=-np.inf) >= 1 - REFINE_BAND)
   if not rows.size or rows.size > _MAX_REFINED_PAIRS:
     return values, index
   values = values.copy()
-  train_rows: dict[int, np.ndarray] = {}
   for row in np.unique(rows):
-    query = streaming.unit_rows_float64(synthetic.read(int(row), int(row) + 1, dtype=None))[0]
+    query = synthetic.read(int(row), int(row) + 1, dtype=None)
     for column in columns[rows == row]:
       match = int(index[row, column])
-      if match not in train_rows:
-        if len(train_rows) * query.size > (64 << 20):  # keep at most ~512 MB of rows
-          train_rows.clear()
-        train_rows[match] = streaming.unit_rows_float64(
-            train.read(match, match + 1, dtype=None))[0]
-      values[row, column] = np.clip(np.dot(query, train_rows[match]), -1.0, 1.0)
+      values[row, column] = pieces.exact_correlation(
+          query, train.read(match, match + 1, dtype=None))
     order = np.lexsort((index[row], -values[row]))
     values[row], index[row] = values[row][order], index[row][order]
   return values, index
