@@ -18,7 +18,9 @@ from memjax import parallel
 from memjax import workflows
 from memjax.data import pipeline
 from memjax.train import contrastive
+from memjax.train import inputs
 from memjax.train import loop
+from memjax.train import state as state_lib
 
 
 def nt_xent_float64(anchors, positives, temperature):
@@ -162,8 +164,9 @@ def eight_images() -> np.ndarray:
 def test_one_step_is_the_same_on_4_and_1_devices():
   config = make_config(**{"model.stage_channels": (8,), "model.stage_blocks": (2,)})
   images = pipeline.to_unit_range(eight_images())
-  compiled = {devices: loop.CompiledTrainer(contrastive.make_trainer(config),
-                                            parallel.data_mesh(devices), images.shape[1:], seed=0)
+  compiled = {devices: state_lib.CompiledTrainer(contrastive.make_trainer(config),
+                                                 parallel.data_mesh(devices), images.shape[1:],
+                                                 seed=0)
               for devices in (4, 1)}
   initial = compiled[4].init()  # one initialisation, copied to each mesh (the step donates it)
   starts = {devices: jax.device_put(initial, compiled[devices].replicated, may_alias=False)
@@ -184,9 +187,9 @@ def test_one_step_is_the_same_on_4_and_1_devices():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
 
 
-def as_data(images: np.ndarray) -> loop.TrainingData:
-  return loop.TrainingData([{"image": image} for image in images], images.shape[1:],
-                           images.dtype, "eight images")
+def as_data(images: np.ndarray) -> inputs.TrainingData:
+  return inputs.TrainingData([{"image": image} for image in images], images.shape[1:],
+                             images.dtype, "eight images")
 
 
 def test_trained_encoder_finds_flipped_copies_and_embeds_in_batches(tmp_path):

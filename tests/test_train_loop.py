@@ -22,7 +22,11 @@ import numpy as np
 import pytest
 
 from configs import default
+from memjax.train import checkpoints
+from memjax.train import inputs
 from memjax.train import loop
+from memjax.train import sampling
+from memjax.train import state as state_lib
 
 TESTS = pathlib.Path(__file__).resolve().parent
 NUM_IMAGES = 24
@@ -45,12 +49,12 @@ class Denoiser(nnx.Module):
 
 def make_trainer(config):
   """Denoising with the step's key for noise and dropout; reports a fingerprint of each batch."""
-  tx, schedule = loop.make_optimizer(config.optimizer, config.num_train_steps)
+  tx, schedule = state_lib.make_optimizer(config.optimizer, config.num_train_steps)
 
   def init_state(key, image_shape):
     params, dropout = jax.random.split(key)
-    return loop.TrainState(Denoiser(image_shape[-1], nnx.Rngs(params=params, dropout=dropout)),
-                           tx, config.ema_decay)
+    return state_lib.TrainState(
+        Denoiser(image_shape[-1], nnx.Rngs(params=params, dropout=dropout)), tx, config.ema_decay)
 
   def train_step(state, batch, key):
     images = batch["image"]
@@ -70,7 +74,7 @@ def make_trainer(config):
     del sharding
     return jnp.tanh(state.sampling_model(jax.random.normal(key, shape)))
 
-  return loop.Trainer("denoiser", init_state, train_step, generate, schedule)
+  return state_lib.Trainer("denoiser", init_state, train_step, generate, schedule)
 
 
 def make_config(**overrides):
@@ -108,8 +112,8 @@ class SlowExamples:
     return self._examples[index]
 
 
-def training_data(delay: float = 0.0) -> loop.TrainingData:
-  return loop.TrainingData(SlowExamples(delay), SHAPE, np.dtype(np.uint8), "test images")
+def training_data(delay: float = 0.0) -> inputs.TrainingData:
+  return inputs.TrainingData(SlowExamples(delay), SHAPE, np.dtype(np.uint8), "test images")
 
 
 def run_training(workdir: str, num_train_steps: int, delay: float = 0.0) -> None:
@@ -154,8 +158,8 @@ def test_loss_falls_and_scalars_are_written(tmp_path):
   assert scalars["learning_rate"][60] == pytest.approx(3e-3)
   assert scalars["images_per_second"][60] == pytest.approx(8 * scalars["steps_per_second"][60],
                                                            rel=1e-5)
-  assert (tmp_path / loop.GRIDS).exists() is False  # sample_every_steps = 0
-  assert sorted(p.name for p in (tmp_path / loop.CHECKPOINTS).iterdir()) == ["60"]
+  assert (tmp_path / sampling.GRIDS).exists() is False  # sample_every_steps = 0
+  assert sorted(p.name for p in (tmp_path / checkpoints.CHECKPOINTS).iterdir()) == ["60"]
 
 
 def test_killed_run_resumes_with_the_same_batches_and_weights(tmp_path):
@@ -173,15 +177,15 @@ def test_killed_run_resumes_with_the_same_batches_and_weights(tmp_path):
   with open(log, "wb") as output:
     process = subprocess.Popen(command + ["0.03"], stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    checkpoints = workdir / loop.CHECKPOINTS
+    folder = workdir / checkpoints.CHECKPOINTS
     # Kill as soon as a complete checkpoint exists (orbax renames it from a temporary folder).
-    while not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+    while not (folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())):
       assert process.poll() is None, log.read_text()[-3000:]
       assert time.monotonic() < deadline, "no checkpoint within 120 s"
       time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-  saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+  saved = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
   assert saved and max(saved) < 24, f"the run was not killed before its end: {saved}"
 
   resumed = subprocess.run(command + ["0"], capture_output=True, text=True, timeout=300)
@@ -196,7 +200,7 @@ def test_killed_run_resumes_with_the_same_batches_and_weights(tmp_path):
         assert value == expected[tag][step], (tag, step)
 
   config = make_config(num_train_steps=24)
-  compiled, state, rngs, step, _ = loop.restore(config, workdir, make_trainer(config))
+  compiled, state, rngs, step, _ = checkpoints.restore(config, workdir, make_trainer(config))
   assert step == 24
   for got, want in zip(params(compiled.module(state, rngs)), params(uninterrupted.state)):
     np.testing.assert_array_equal(got, want)
@@ -206,7 +210,7 @@ def test_half_written_checkpoint_is_never_read(tmp_path):
   config = make_config(num_train_steps=8)
   loop.train(config, tmp_path, make_trainer(config), data=training_data())
   # What a run killed while saving step 12 leaves: orbax's temporary folder, half filled.
-  partial = tmp_path / loop.CHECKPOINTS / "12.orbax-checkpoint-tmp"
+  partial = tmp_path / checkpoints.CHECKPOINTS / "12.orbax-checkpoint-tmp"
   (partial / "state").mkdir(parents=True)
   (partial / "state" / "_METADATA").write_text("{truncated")
   config = make_config(num_train_steps=12)
@@ -227,9 +231,9 @@ def test_grids_and_samples(tmp_path):
                        sample_batch_size=4)
   trainer = make_trainer(config)
   loop.train(config, tmp_path, trainer, data=training_data())
-  assert sorted(p.name for p in (tmp_path / loop.GRIDS).iterdir()) == [
+  assert sorted(p.name for p in (tmp_path / sampling.GRIDS).iterdir()) == [
       "step_00000002.png", "step_00000004.png"]
-  folder = loop.sample(config, tmp_path, trainer)
+  folder = sampling.sample(config, tmp_path, trainer)
   files = sorted(folder.iterdir())
   assert [p.name for p in files] == ["samples_00000.npz", "samples_00001.npz",
                                      "samples_00002.npz"]
@@ -237,44 +241,44 @@ def test_grids_and_samples(tmp_path):
   assert first["images"].dtype == np.uint8 and first["images"].shape == (4, *SHAPE)
   assert int(first["step"]) == 4 and int(first["seed"]) == 0
   assert len(np.load(files[2])["images"]) == 2  # 10 = 4 + 4 + 2
-  assert (tmp_path / loop.GRIDS / "samples_step_00000004.png").exists()
+  assert (tmp_path / sampling.GRIDS / "samples_step_00000004.png").exists()
   # Again: chunks of the same step and seed are kept, not generated anew.
   mtimes = [p.stat().st_mtime_ns for p in files]
-  loop.sample(config, tmp_path, trainer)
+  sampling.sample(config, tmp_path, trainer)
   assert [p.stat().st_mtime_ns for p in sorted(folder.iterdir())] == mtimes
 
 
 def test_sample_without_checkpoint_says_train_first(tmp_path):
   config = make_config()
   with pytest.raises(FileNotFoundError, match="train first"):
-    loop.sample(config, tmp_path, make_trainer(config))
+    sampling.sample(config, tmp_path, make_trainer(config))
 
 
 def test_downsample_and_upsample():
   images = np.arange(2 * 4 * 6 * 1, dtype=np.float32).reshape(2, 4, 6, 1)
-  small = np.asarray(loop.downsample(jnp.asarray(images), 2))
+  small = np.asarray(inputs.downsample(jnp.asarray(images), 2))
   assert small.shape == (2, 2, 3, 1)
   assert small[0, 0, 0, 0] == np.mean(images[0, :2, :2, 0])
   volumes = np.ones((1, 5, 4, 4, 2), np.float32)
-  assert loop.downsample(jnp.asarray(volumes), 2).shape == (1, 2, 2, 2, 2)
-  back = loop.upsample_to(small, 2, (4, 6, 1))
+  assert inputs.downsample(jnp.asarray(volumes), 2).shape == (1, 2, 2, 2, 2)
+  back = inputs.upsample_to(small, 2, (4, 6, 1))
   assert back.shape == images.shape and back[0, 1, 1, 0] == small[0, 0, 0, 0]
-  assert loop.upsample_to(np.ones((1, 2, 2, 2, 1)), 2, (5, 4, 4, 1)).shape == (1, 5, 4, 4, 1)
+  assert inputs.upsample_to(np.ones((1, 2, 2, 2, 1)), 2, (5, 4, 4, 1)).shape == (1, 5, 4, 4, 1)
 
 
 def test_from_unit_range_inverts_the_pipeline():
   from memjax.data import pipeline
   pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
-  np.testing.assert_array_equal(loop.from_unit_range(pipeline.to_unit_range(pixels), np.uint8),
-                                pixels)
-  assert loop.from_unit_range(np.array([-2.0, 2.0]), np.uint16).tolist() == [0, 65535]
-  assert loop.from_unit_range(np.array([0.0]), np.float32).tolist() == [0.5]
+  np.testing.assert_array_equal(
+      sampling.from_unit_range(pipeline.to_unit_range(pixels), np.uint8), pixels)
+  assert sampling.from_unit_range(np.array([-2.0, 2.0]), np.uint16).tolist() == [0, 65535]
+  assert sampling.from_unit_range(np.array([0.0]), np.float32).tolist() == [0.5]
 
 
 def test_image_grid_shows_channel_zero_enlarged():
   images = -np.ones((5, 4, 4, 3), np.float32)
   images[1, ..., 0] = 1.0
-  grid = loop.image_grid(images, min_cell=8)
+  grid = sampling.image_grid(images, min_cell=8)
   assert grid.dtype == np.uint8 and grid.shape == (2 * 10 + 2, 3 * 10 + 2)
   assert grid[2:10, 12:20].min() == 255 and grid[2:10, 2:10].max() == 0
 
@@ -282,30 +286,30 @@ def test_image_grid_shows_channel_zero_enlarged():
 def test_learning_rate_schedules():
   options = ml_collections.ConfigDict(dict(learning_rate=1.0, warmup_steps=10,
                                            schedule="constant"))
-  schedule = loop.learning_rate_schedule(options, 100)
+  schedule = state_lib.learning_rate_schedule(options, 100)
   assert float(schedule(0)) == 0.0 and float(schedule(5)) == 0.5 and float(schedule(50)) == 1.0
   options.schedule = "cosine"
   options.final_learning_rate_fraction = 0.5
-  schedule = loop.learning_rate_schedule(options, 100)
+  schedule = state_lib.learning_rate_schedule(options, 100)
   assert float(schedule(10)) == pytest.approx(1.0) and float(schedule(100)) == pytest.approx(0.5)
   options.schedule = "linear"
   with pytest.raises(ValueError, match="schedule"):
-    loop.learning_rate_schedule(options, 100)
+    state_lib.learning_rate_schedule(options, 100)
 
 
 
 def test_compilation_cache_lives_in_the_work_dir_unless_one_is_set(tmp_path):
   # This session's cache (tests/conftest.py sets JAX_COMPILATION_CACHE_DIR) is left alone.
-  loop.use_compilation_cache(tmp_path / "run")
+  state_lib.use_compilation_cache(tmp_path / "run")
   assert jax.config.jax_compilation_cache_dir == os.environ["JAX_COMPILATION_CACHE_DIR"]
-  assert not (tmp_path / "run" / loop.COMPILATION_CACHE).exists()
+  assert not (tmp_path / "run" / state_lib.COMPILATION_CACHE).exists()
   # Without one, a run's compiled programs go to workdir/.xla_cache, even after an earlier
   # compilation decided that no cache was in use.
   script = (
       "import sys, jax, jax.numpy as jnp\n"
-      "from memjax.train import loop\n"
+      "from memjax.train import state\n"
       "jax.jit(jnp.sin)(1.0)\n"
-      "loop.use_compilation_cache(sys.argv[1])\n"
+      "state.use_compilation_cache(sys.argv[1])\n"
       "jax.jit(lambda x: jnp.cos(x) * 3)(jnp.ones(7)).block_until_ready()\n"
       "print(jax.config.jax_compilation_cache_dir, "
       "jax.config.jax_persistent_cache_min_compile_time_secs)\n")
@@ -315,15 +319,15 @@ def test_compilation_cache_lives_in_the_work_dir_unless_one_is_set(tmp_path):
   result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], env=env,
                           cwd=TESTS.parent, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
-  cache = tmp_path / "run" / loop.COMPILATION_CACHE
+  cache = tmp_path / "run" / state_lib.COMPILATION_CACHE
   assert result.stdout.split() == [str(cache), "0.0"]
   assert any(cache.iterdir())
 
 
 def test_learning_rate_is_logged_without_compiling_per_log():
   trainer = make_trainer(make_config())
-  compiled = loop.CompiledTrainer(trainer, loop.auto_axes(jax.make_mesh((1,), ("data",))),
-                                  SHAPE, seed=0)
+  mesh = state_lib.auto_axes(jax.make_mesh((1,), ("data",)))
+  compiled = state_lib.CompiledTrainer(trainer, mesh, SHAPE, seed=0)
   for step in (0, 5, 11):
     assert float(compiled.learning_rate(step)) == pytest.approx(float(trainer.learning_rate(step)))
   assert compiled.learning_rate._cache_size() == 1

@@ -1,7 +1,14 @@
 """Training: one module per model family (ddpm.py, stylegan2.py, contrastive.py) over the shared
-loop.py (mesh, steps, EMA, checkpoints, metrics, sampling).
+loop, in rooms that import one way (no circle):
 
-`config.model.name` picks the family; `make_trainer(config)` builds its `loop.Trainer`.
+  inputs.py       the training images, opened through `memjax.data.sources.open`; downsampling
+  state.py        `Trainer`, `TrainState`, the optimizer, `CompiledTrainer` (mesh, jit, keys)
+  run_config.py   the run's config.json, and which keys a new config changes
+  checkpoints.py  orbax checkpoints: save, restore the newest intact step, refuse a misfit config
+  sampling.py     `sample` (the .npz chunks the audit reads) and image grids
+  loop.py         `train`: steps, metrics, grids, checkpoints, resume
+
+`config.model.name` picks the family; `make_trainer(config)` builds its `state.Trainer`.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ if TYPE_CHECKING:  # Configs are only read: a bare machine may lack ml_collectio
   import ml_collections
 
 
-# Model name -> the module whose make_trainer(config) builds its loop.Trainer.
+# Model name -> the module whose make_trainer(config) builds its state.Trainer.
 FAMILIES = {
     "ddpm": "memjax.train.ddpm",
     "stylegan2": "memjax.train.stylegan2",
@@ -22,7 +29,7 @@ FAMILIES = {
 
 
 def make_trainer(config: ml_collections.ConfigDict):
-  """The `loop.Trainer` of `config.model.name`."""
+  """The `state.Trainer` of `config.model.name`."""
   name = config.get("model", {}).get("name")
   if name not in FAMILIES:
     known = ", ".join(sorted(FAMILIES))

@@ -43,13 +43,16 @@ import optax
 from memjax import parallel
 from memjax.data import pipeline
 from memjax.models import encoder as encoder_lib
-from memjax.train import loop
+from memjax.train import checkpoints
+from memjax.train import inputs
+from memjax.train import run_config
+from memjax.train import state as state_lib
 
 if TYPE_CHECKING:  # Configs are only read: a bare machine may lack ml_collections.
   import ml_collections
 
 NAME = "contrastive"
-CONFIG_FILE = loop.CONFIG_FILE
+CONFIG_FILE = run_config.CONFIG_FILE
 _NORM_EPSILON = 1e-12  # torch.nn.functional.normalize's, which the reference loss uses
 
 
@@ -197,11 +200,11 @@ def make_model(options: ml_collections.ConfigDict, image_shape: tuple[int, ...],
       stage_channels=tuple(options.stage_channels), stage_blocks=tuple(options.stage_blocks),
       block=options.block, pool=options.pool, flatten_channels=int(options.flatten_channels),
       head_hidden=int(options.head_hidden), embedding_dim=int(options.embedding_dim),
-      antialias=bool(options.get("antialias", False)), dtype=loop.compute_dtype(options),
+      antialias=bool(options.get("antialias", False)), dtype=state_lib.compute_dtype(options),
       rngs=rngs)
 
 
-def train_step(state: loop.TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
+def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
                augment_options: ml_collections.ConfigDict, temperature: float
                ) -> dict[str, jax.Array]:
   """One NT-Xent update: each image against its augmented view, the rest of the batch negative."""
@@ -218,7 +221,7 @@ def train_step(state: loop.TrainState, batch: dict[str, jax.Array], key: jax.Arr
   return {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
 
 
-def make_trainer(config: ml_collections.ConfigDict) -> loop.Trainer:
+def make_trainer(config: ml_collections.ConfigDict) -> state_lib.Trainer:
   """The contrastive trainer of `config` (model.*, augment.*, contrastive.temperature, optimizer.*).
 
   It trains an encoder and generates no images (`generate` is None).
@@ -232,13 +235,13 @@ def make_trainer(config: ml_collections.ConfigDict) -> loop.Trainer:
   for name in ("affine_probability", "flip_probability"):
     if not 0.0 <= float(config.augment.get(name, 0.0)) <= 1.0:
       raise ValueError(f"--config.augment.{name} must lie in [0, 1]")
-  tx, schedule = loop.make_optimizer(config.optimizer, int(config.num_train_steps))
+  tx, schedule = state_lib.make_optimizer(config.optimizer, int(config.num_train_steps))
 
-  def init_state(key: jax.Array, image_shape: tuple[int, ...]) -> loop.TrainState:
+  def init_state(key: jax.Array, image_shape: tuple[int, ...]) -> state_lib.TrainState:
     model = make_model(config.model, image_shape, nnx.Rngs(params=key))
-    return loop.TrainState(model, tx, float(config.get("ema_decay", 0.0)))
+    return state_lib.TrainState(model, tx, float(config.get("ema_decay", 0.0)))
 
-  return loop.Trainer(
+  return state_lib.Trainer(
       name=NAME, init_state=init_state,
       train_step=functools.partial(train_step, augment_options=config.augment,
                                    temperature=temperature),
@@ -258,7 +261,7 @@ class Embedder:
   rows over the mesh, by the EMA weights where the run kept them.
   """
 
-  def __init__(self, compiled: loop.CompiledTrainer, state: Any, rngs: Any, step: int,
+  def __init__(self, compiled: state_lib.CompiledTrainer, state: Any, rngs: Any, step: int,
                meta: dict[str, Any], batch_size: int):
     self.step = int(step)
     self.data_shape = tuple(int(s) for s in meta["data_shape"])
@@ -272,7 +275,7 @@ class Embedder:
 
     def embed(state, rngs, images):
       module = compiled.module(state, rngs)
-      return module.sampling_model(loop.downsample(images, factor))
+      return module.sampling_model(inputs.downsample(images, factor))
 
     self._embed = jax.jit(embed, in_shardings=(compiled.replicated, compiled.replicated,
                                                compiled.rows), out_shardings=compiled.rows)
@@ -312,7 +315,7 @@ def load_embedder(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
   """The encoder of the contrastive run in `workdir` (latest or `step`) as an `Embedder`.
 
   `config` is the run's; by default the config.json that `loop.train` writes into the work
-  directory.
+  directory. The newest intact checkpoint is read (`checkpoints.restore`).
 
   Raises:
     FileNotFoundError: when `workdir` holds no checkpoint, or no config.json and none is given.
@@ -326,6 +329,6 @@ def load_embedder(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
                               f"--workdir={workdir}")
     import ml_collections  # pylint: disable=g-import-not-at-top
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  compiled, state, rngs, step, meta = loop.restore(config, workdir, make_trainer(config),
-                                                    mesh=mesh, step=step)
+  compiled, state, rngs, step, meta = checkpoints.restore(config, workdir, make_trainer(config),
+                                                           mesh=mesh, step=step)
   return Embedder(compiled, state, rngs, step, meta, batch_size)
