@@ -6,7 +6,7 @@ streams both sets in blocks. An `ImageSource` (base.py) is a fixed, ordered set 
 shape that reads any block `[start, stop)` on demand and names each image, so a match can be
 traced back to its file (and slice). The kinds: arrays.py (in-memory arrays, subsets, .npy and
 .npz files), folders.py (image, NIfTI and array files under a folder), tfds.py (prepared TFDS
-data sets).
+data sets), subsets.py (a fixed, seeded subset of a source, and a source's pixel-block means).
 
 Sources never hold a whole training set in memory: `.npy` and stored `.npz` arrays are read by
 positioned reads (no memory map, whose pages would count in the process RSS), compressed `.npz`
@@ -35,20 +35,25 @@ from memjax.data.sources.folders import FolderSource
 from memjax.data.sources.folders import IMAGE_EXTENSIONS
 from memjax.data.sources.folders import NIFTI_EXTENSIONS
 from memjax.data.sources.folders import SUPPORTED_EXTENSIONS
+from memjax.data.sources.subsets import BlockMeanSource
+from memjax.data.sources.subsets import subset
+from memjax.data.sources.subsets import subset_indices
+from memjax.data.sources.subsets import SubsetSource
 from memjax.data.sources.tfds import parse_tfds_spec
 from memjax.data.sources.tfds import TfdsSource
 
 __all__ = [
     "ARRAY_EXTENSIONS", "IMAGE_EXTENSIONS", "NIFTI_EXTENSIONS", "SUPPORTED_EXTENSIONS",
-    "ArraySource", "FolderSource", "ImageSource", "IndexedSource", "NumpyFileSource", "PathLike",
-    "TfdsSource", "aligned_empty", "check_same_shape", "open_source", "parse_tfds_spec",
+    "ArraySource", "BlockMeanSource", "FolderSource", "ImageSource", "IndexedSource",
+    "NumpyFileSource", "PathLike", "SubsetSource", "TfdsSource", "aligned_empty",
+    "check_same_shape", "open_source", "parse_tfds_spec", "subset", "subset_indices",
 ]
 
 _NPZ_KEY_PATTERN = re.compile(r"^(?P<path>.+\.npz):(?P<key>[^:/\\]+)$", re.IGNORECASE)
 
 
-def open_source(spec: Any, *, nifti_slice_axis: int | None = None,
-                grayscale: bool = False) -> ImageSource:
+def open_source(spec: Any, *, nifti_slice_axis: int | None = None, grayscale: bool = False,
+                num_images: int | None = None, seed: int | None = 0) -> ImageSource:
   """Opens what a user names as an image set.
 
   Args:
@@ -56,10 +61,17 @@ def open_source(spec: Any, *, nifti_slice_axis: int | None = None,
       .npz file, optionally 'file.npz:KEY'; one image or NIfTI file; or 'tfds:NAME[/CONFIG]:SPLIT'.
     nifti_slice_axis: for folders and NIfTI files, see FolderSource.
     grayscale: for folders and image files, see FolderSource.
+    num_images: 0 or None: every image; N: the fixed subset of N images that `seed` chooses
+      (`subsets.subset`: the same N images every run, on every process), as config.data.num_images
+      and config.data.subset_seed choose a training set.
+    seed: the subset's seed (None: 0).
 
   Returns:
     The image source.
   """
+  if num_images:
+    return subset(open_source(spec, nifti_slice_axis=nifti_slice_axis, grayscale=grayscale),
+                  num_images, seed)
   if isinstance(spec, ImageSource):
     return spec
   if isinstance(spec, np.ndarray):
