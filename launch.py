@@ -1,10 +1,12 @@
 r"""memjax's command line: one config, one work directory.
 
-  python launch.py --config=configs/audit.py --config.synthetic=SYN --config.train=TRAIN \
-      [--config.holdout=HOLDOUT] --workdir=runs/audit
+  python launch.py --config=configs/audit.py --config.audit.synthetic_images=SYN \
+      --config.audit.training_images=TRAIN [--config.audit.holdout_images=HOLDOUT] \
+      --workdir=runs/audit
 
-Any config key can be overridden (`--config.audit.k=5`). `config.workflow` picks what runs
-(`audit`, `train`, `sample`, `demo`); the work lives in `memjax/workflows.py`. User errors (a
+Any config key can be overridden (`--config.audit.k=5`); an unknown key is one line naming the
+nearest valid one. `config.workflow` picks what runs (`audit`, `train`, `sample`, `demo`); the
+work lives in `memjax/workflows.py`. User errors (a
 missing file, a bad image, a wrong setting) print one line and exit with status 2; set
 MEMJAX_TRACEBACK=1 to see the traceback.
 
@@ -61,4 +63,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from memjax import cli as _cli  # pylint: disable=g-import-not-at-top
+  # Flag errors (an unknown --config key, a value of the wrong type) in one line, exit status 2.
+  app.run(main, flags_parser=_cli.parse_flags)

@@ -148,7 +148,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
   # One run per work dir; on many hosts, the first process holds it for all of them.
   first = jax.process_index() == 0
   with outputs.WorkdirLock(workdir) if first else contextlib.nullcontext():
-    if first and workflow != "audit":
+    if workflow != "audit":  # every process: the check opens orbax managers, a barrier over all
       from memjax.train import loop  # pylint: disable=g-import-not-at-top
       loop.save_config(config, workdir)
     return WORKFLOWS[workflow](config, workdir)

@@ -351,3 +351,21 @@ def test_the_pixel_piece_search_is_exact(rng, dtype):
   expected[:, 9] = -np.inf
   defined = np.arange(23) != 9
   np.testing.assert_array_equal(own.indices[defined, 0], np.argmax(expected, axis=1)[defined])
+
+
+# 11. Flag errors.
+
+
+@pytest.mark.parametrize("argument, message", [
+    ("--config.trian=x", "error: --config.trian is not a key of configs/audit.py; did you mean "
+                         "--config.train?"),
+    ("--config.audit.precison=float32", "error: --config.audit.precison is not a key of "
+                                        "configs/audit.py; did you mean --config.audit.precision?"),
+    ("--config.audit.foo=1", "error: --config.audit.foo is not a key of configs/audit.py"),
+    ("--config.audit.k=abc", "error: flag --config.audit.k=abc: invalid literal for int()"),
+])
+def test_a_bad_flag_is_one_line(tmp_path, argument, message):
+  process = launch(argument, f"--workdir={tmp_path}")
+  assert process.returncode == 2
+  lines = process.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(message), process.stderr

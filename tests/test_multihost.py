@@ -47,17 +47,6 @@ SURVIVOR_SECONDS = HEARTBEAT_SECONDS + 30  # ... and within this on a loaded 2-c
 DEADLINE = 300  # seconds for a pair of children, starts and compiles included
 STEPS = 6
 
-# memjax/data/pipeline.py gives process p of n the examples p, p + n, p + 2n, ... of the global
-# order: a 2-process global batch holds the same examples as one process's but in other rows
-# (each gets other noise and timesteps), and a checkpoint of 2 processes is refused on 1 (the
-# saved pipeline state names the process count). Issue 16's report gives the change (process p
-# reads the p-th consecutive part of each global batch; set_state ignores the process layout);
-# remove this marker with it.
-NEEDS_PIPELINE_CHANGE = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="memjax/data/pipeline.py: rows of a global batch by process (issue 16)")
-
-
 def free_port() -> int:
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
     s.bind(("127.0.0.1", 0))
@@ -174,7 +163,7 @@ def attempt(function, *args):
 
 def result_of(value):
   """The result that `attempt` kept; its error raised again, as an AssertionError where it is
-  the refusal that NEEDS_PIPELINE_CHANGE expects (a pipeline state of another process count)."""
+  a refusal of a pipeline state of another process count (which must resume)."""
   if isinstance(value, Exception):
     assert "process_count" not in str(value), str(value)
     raise value
@@ -281,7 +270,6 @@ def runs(tmp_path_factory):
               rerun_failure=rerun_failure, barrier=barrier, barrier_failure=barrier_failure)
 
 
-@NEEDS_PIPELINE_CHANGE
 def test_global_batches_hold_the_same_examples_in_the_same_rows(runs):
   want = runs["reference"]["batches"]
   for process_id in range(NUM_PROCESSES):
@@ -356,7 +344,6 @@ def assert_params_close(got: dict[str, np.ndarray], want: dict[str, np.ndarray])
     np.testing.assert_allclose(got[key], value, rtol=0, atol=1e-6, err_msg=key)
 
 
-@NEEDS_PIPELINE_CHANGE
 def test_the_rerun_resumes_and_matches_one_process(runs):
   if runs["rerun_failure"]:
     raise RuntimeError(f"the rerun failed:\n{runs['rerun_failure']}")
@@ -375,7 +362,6 @@ def test_the_rerun_resumes_and_matches_one_process(runs):
   assert_params_close(restored["params"], runs["reference"]["train"]["params"])
 
 
-@NEEDS_PIPELINE_CHANGE
 def test_one_process_resumes_a_two_process_checkpoint(runs):
   """A run moved to a smaller machine: 1 process with 4 devices resumes the killed 2-process
   run from its last complete checkpoint and trains on as if it had never moved."""

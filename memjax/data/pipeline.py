@@ -2,10 +2,12 @@
 
 Every process runs the same pipeline over the same global order of examples: the source is
 shuffled with a seed (reshuffled each epoch), repeated, and cut into global batches of
-`batch_size` consecutive examples. Process p of n reads only the examples at positions p, p + n,
-p + 2n, ... of that order, so a global batch holds the same examples whatever the number of
-processes, and no process reads another's examples. Its rows are placed on its devices as one
-global `jax.Array` sharded over the mesh's data axis. Images arrive in [-1, 1] float32.
+`batch_size` consecutive examples. Process p of n reads only the p-th of n equal consecutive
+parts of each global batch, and no process reads another's examples. Its rows are placed on its
+devices as one global `jax.Array` sharded over the mesh's data axis; on a mesh that holds each
+process's devices together, process 0's first (`memjax.parallel.data_mesh`), a global batch
+holds the same examples in the same rows whatever the number of processes. Images arrive in
+[-1, 1] float32.
 
 The iterator's state is a small dict (`get_state`/`set_state`): a run restored from it sees
 exactly the batches that the interrupted run would have seen next.
@@ -132,8 +134,11 @@ def host_dataset(source: Any, *, batch_size: int, seed: int = 0, shuffle: bool =
   dataset = dataset.repeat(num_epochs)
   if total is not None:
     dataset = dataset.slice(slice(0, total - total % batch_size))
-  dataset = dataset.slice(slice(process_index, None, process_count))
+  # Process p reads the p-th of process_count consecutive parts of every global batch: the
+  # order cut into parts of the per-process size, then every process_count-th part (lazily: no
+  # process reads another's examples).
   dataset = dataset.batch(spec.per_process_batch_size, drop_remainder=True)
+  dataset = dataset.slice(slice(process_index, None, process_count))
   dataset = dataset.map(_SelectAndScale(features, image_key))
   read_options = grain.ReadOptions(num_threads=num_threads,
                                    prefetch_buffer_size=max(prefetch_batches, num_threads))
@@ -179,16 +184,20 @@ class DeviceBatches:
 
     Raises:
       ValueError: when the state comes from a pipeline with another source size, batch size,
-        seed, shuffling, epochs or process layout, which would see other batches.
+        seed, shuffling or epochs, which would see other batches. Another number of processes
+        sees the same global batches: a run resumes on more or fewer processes.
     """
-    saved = dict(state["spec"])
-    current = dataclasses.asdict(self.spec)
+    # Where the processes are does not change the global batches nor the position (the number
+    # of global batches read): a run resumes on more or fewer processes.
+    layout = ("process_index", "process_count")
+    saved = {key: value for key, value in dict(state["spec"]).items() if key not in layout}
+    current = {key: value for key, value in dataclasses.asdict(self.spec).items()
+               if key not in layout}
     if saved != current:
       differ = ", ".join(f"{key} {saved.get(key)!r} -> {current[key]!r}" for key in current
                          if saved.get(key) != current[key])
       raise ValueError(f"cannot resume the input pipeline: the saved state belongs to another "
-                       f"pipeline ({differ}); resume with the same data, batch_size, seed and "
-                       "number of processes")
+                       f"pipeline ({differ}); resume with the same data, batch_size and seed")
     self._iterator.set_state(state["iterator"])
 
 

@@ -305,7 +305,10 @@ def resume(workdir: pathlib.Path, config: ml_collections.ConfigDict,
   if not (workdir / CHECKPOINTS).is_dir():
     return None
   current_meta = {key: meta[key] for key in _RESUME_META_KEYS}
-  current_spec = {key: value for key, value in spec.items() if key != "process_index"}
+  # The process layout does not change the global batches: a run resumes on more or fewer
+  # processes.
+  current_spec = {key: value for key, value in spec.items()
+                  if key not in ("process_index", "process_count")}
   manager = checkpoint_manager(workdir, read_only=True)
   try:
     steps = manager.all_steps()
@@ -429,6 +432,9 @@ def restore(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
 def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
   """Writes `config` as workdir/config.json, unless it cannot resume the checkpoints there.
 
+  Every process of a run calls it (the check reads the checkpoints through orbax, whose managers
+  synchronize all processes); process 0 writes.
+
   When `config.model.name` is a model family and `workdir` holds its checkpoints, the config
   must fit them (`check_resumable`): a resume that is bound to fail must not replace the
   config.json that `load_embedder` and later resumes read.
@@ -440,5 +446,9 @@ def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
   workdir = pathlib.Path(workdir)
   name = config.get("model", {}).get("name")
   if name in train_lib.FAMILIES and (workdir / CHECKPOINTS).is_dir():
+    # On every process of a multi-process run: an orbax CheckpointManager's constructor is a
+    # barrier over all processes.
     check_resumable(config, workdir, train_lib.make_trainer(config))
+  if jax.process_index() != 0:  # one process writes
+    return workdir / run_config.CONFIG_FILE
   return run_config.write_config(config, workdir)
