@@ -103,10 +103,10 @@ def train(config: ml_collections.ConfigDict, workdir: pathlib.Path):
 def sample(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   """Writes config.num_samples images of workdir's last checkpoint to workdir/samples."""
   from memjax import train as train_lib  # pylint: disable=g-import-not-at-top
-  from memjax.train import loop  # pylint: disable=g-import-not-at-top
-  folder = loop.sample(config, workdir, train_lib.make_trainer(config))
+  from memjax.train import sampling  # pylint: disable=g-import-not-at-top
+  folder = sampling.sample(config, workdir, train_lib.make_trainer(config))
   if jax.process_index() == 0:
-    print(f"{config.num_samples} samples written to {folder} (grid in {workdir / loop.GRIDS}); "
+    print(f"{config.num_samples} samples written to {folder} (grid in {workdir / sampling.GRIDS}); "
           f"audit them: python launch.py --config=configs/audit.py "
           f"--config.audit.synthetic_images={folder} "
           f"--config.audit.training_images={config.data.source} --workdir={workdir / 'audit'}")
@@ -149,6 +149,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
   first = jax.process_index() == 0
   with outputs.WorkdirLock(workdir) if first else contextlib.nullcontext():
     if workflow != "audit":  # every process: the check opens orbax managers, a barrier over all
-      from memjax.train import loop  # pylint: disable=g-import-not-at-top
-      loop.save_config(config, workdir)
+      from memjax.train import checkpoints  # pylint: disable=g-import-not-at-top
+      checkpoints.save_config(config, workdir)
     return WORKFLOWS[workflow](config, workdir)

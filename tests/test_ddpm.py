@@ -23,7 +23,10 @@ from memjax.data import pipeline
 from memjax.memorization import top_k_correlation
 from memjax.models import unet
 from memjax.train import ddpm
+from memjax.train import inputs as inputs_lib
 from memjax.train import loop
+from memjax.train import sampling
+from memjax.train import state as state_lib
 from memjax.train import timing
 
 NUM_IMAGES = 8
@@ -69,9 +72,9 @@ def eight_images() -> np.ndarray:
   return blocks.repeat(2, axis=1).repeat(2, axis=2).astype(np.uint8)
 
 
-def as_data(images: np.ndarray) -> loop.TrainingData:
-  return loop.TrainingData([{"image": image} for image in images], images.shape[1:],
-                           images.dtype, "eight images")
+def as_data(images: np.ndarray) -> inputs_lib.TrainingData:
+  return inputs_lib.TrainingData([{"image": image} for image in images], images.shape[1:],
+                                 images.dtype, "eight images")
 
 
 def test_one_step_is_the_same_on_4_and_1_devices():
@@ -79,8 +82,8 @@ def test_one_step_is_the_same_on_4_and_1_devices():
   images = pipeline.to_unit_range(eight_images().repeat(2, axis=0))
   results = []
   for devices in (4, 1):
-    compiled = loop.CompiledTrainer(ddpm.make_trainer(config), parallel.data_mesh(devices),
-                                    images.shape[1:], seed=0)
+    compiled = state_lib.CompiledTrainer(ddpm.make_trainer(config), parallel.data_mesh(devices),
+                                         images.shape[1:], seed=0)
     rngs, state = compiled.init()
     state, rngs, metrics = compiled.step(state, rngs,
                                          {"image": jax.device_put(images, compiled.rows)})
@@ -101,8 +104,8 @@ def test_bfloat16_step_on_4_devices_keeps_float32_state_near_float32():
   for dtype in ("float32", "bfloat16"):
     config = make_config(**{"model.dtype": dtype, "optimizer.schedule": "constant",
                             "optimizer.warmup_steps": 0})
-    compiled = loop.CompiledTrainer(ddpm.make_trainer(config), parallel.data_mesh(4),
-                                    images.shape[1:], seed=0)
+    compiled = state_lib.CompiledTrainer(ddpm.make_trainer(config), parallel.data_mesh(4),
+                                         images.shape[1:], seed=0)
     rngs, state = compiled.init()
     batch = {"image": jax.device_put(images, compiled.rows)}
     metrics = []
@@ -228,7 +231,7 @@ def memorized(tmp_path_factory):
 
 def test_ddpm_memorizes_eight_images(memorized):
   workdir, images, config = memorized
-  folder = loop.sample(config, workdir, ddpm.make_trainer(config), mesh=one_device())
+  folder = sampling.sample(config, workdir, ddpm.make_trainer(config), mesh=one_device())
   samples = np.concatenate([np.load(path)["images"] for path in sorted(folder.glob("*.npz"))])
   assert samples.shape == (32, SIZE, SIZE, 1) and samples.dtype == np.uint8
   values, indices = top_k_correlation(samples, images, k=1, progress=False)
@@ -252,7 +255,7 @@ def test_sample_workflow_writes_npz_that_the_audit_reads(memorized, tmp_path):
   with np.load(folder / "samples_00001.npz") as stored:
     assert stored["images"].shape == (4, SIZE, SIZE, 1) and stored["images"].dtype == np.uint8
     assert int(stored["step"]) == 1200 and int(stored["seed"]) == 0
-  assert (workdir / loop.GRIDS / "samples_step_00001200.png").exists()
+  assert (workdir / sampling.GRIDS / "samples_step_00001200.png").exists()
 
   audit_config = default.get_config()
   audit_config.synthetic = str(folder)
@@ -274,7 +277,7 @@ def test_3d_model_trains_on_volumes_and_samples_at_their_shape(tmp_path):
   result = loop.train(config, tmp_path, ddpm.make_trainer(config), data=as_data(volumes))
   assert result.step == 2 and np.isfinite(result.metrics["loss"])
   assert result.state.model.dims == 3
-  folder = loop.sample(config, tmp_path, ddpm.make_trainer(config))
+  folder = sampling.sample(config, tmp_path, ddpm.make_trainer(config))
   with np.load(folder / "samples_00000.npz") as stored:
     assert stored["images"].shape == (4, 8, 8, 8, 2)  # The data's shape, not the model's 4^3.
     block = stored["images"][0, :2, :2, :2, 0]

@@ -20,7 +20,10 @@ from memjax import parallel
 from memjax.data import pipeline
 from memjax.models import stylegan2 as sg
 from memjax.models import stylegan2_ops as ops
+from memjax.train import inputs as inputs_lib
 from memjax.train import loop
+from memjax.train import sampling
+from memjax.train import state as state_lib
 from memjax.train import stylegan2
 
 REFERENCE = pathlib.Path(__file__).parent / "data" / "stylegan2_reference.npz"
@@ -346,8 +349,8 @@ def test_one_step_is_the_same_on_4_and_1_devices():
   images = pipeline.to_unit_range(training_images())
   results = []
   for devices in (4, 1):
-    compiled = loop.CompiledTrainer(stylegan2.make_trainer(config), parallel.data_mesh(devices),
-                                    images.shape[1:], seed=0)
+    compiled = state_lib.CompiledTrainer(stylegan2.make_trainer(config),
+                                         parallel.data_mesh(devices), images.shape[1:], seed=0)
     rngs, state = compiled.init()
     state, rngs, metrics = compiled.step(state, rngs,
                                          {"image": jax.device_put(images, compiled.rows)})
@@ -416,8 +419,8 @@ def test_ada_raises_p_when_d_overfits_and_keeps_it_near_0_when_it_cannot():
   config = make_config(**{"optimizer.learning_rate": 0.0, "optimizer.d_learning_rate": 0.01,
                           "ada.kimg": 0.32, "loss.pl_weight": 0.0, "loss.r1_gamma": 0.0,
                           "loss.style_mixing_prob": 0.0})  # One step variant to compile.
-  compiled = loop.CompiledTrainer(stylegan2.make_trainer(config), parallel.data_mesh(1),
-                                  (SIZE, SIZE, 1), seed=0)
+  compiled = state_lib.CompiledTrainer(stylegan2.make_trainer(config), parallel.data_mesh(1),
+                                       (SIZE, SIZE, 1), seed=0)
   fixed = pipeline.to_unit_range(training_images())
   frozen = compiled.module(*compiled.init()).generator
   sample_g = nnx.jit(lambda generator, z, key: generator(z, key))  # As the training draws fakes.
@@ -441,8 +444,8 @@ def test_ada_raises_p_when_d_overfits_and_keeps_it_near_0_when_it_cannot():
 
 def test_training_resumes_to_the_same_state_and_samples(tmp_path):
   images = training_images()
-  data = loop.TrainingData([{"image": image} for image in images], images.shape[1:],
-                           images.dtype, "eight images")
+  data = inputs_lib.TrainingData([{"image": image} for image in images], images.shape[1:],
+                                 images.dtype, "eight images")
   mesh = parallel.data_mesh(1)
   config = make_config(num_train_steps=4, **{"loss.r1_interval": 2})  # Two step variants.
   whole = loop.train(config, tmp_path / "whole", stylegan2.make_trainer(config), data=data,
@@ -461,7 +464,7 @@ def test_training_resumes_to_the_same_state_and_samples(tmp_path):
       continue
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
-  folder = loop.sample(config, tmp_path / "split", stylegan2.make_trainer(config), mesh=mesh)
+  folder = sampling.sample(config, tmp_path / "split", stylegan2.make_trainer(config), mesh=mesh)
   samples = np.concatenate([np.load(path)["images"] for path in sorted(folder.glob("*.npz"))])
   assert samples.shape == (12, SIZE, SIZE, 1) and samples.dtype == np.uint8
   assert samples.std() > 0

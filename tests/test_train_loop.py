@@ -270,9 +270,9 @@ def test_from_unit_range_inverts_the_pipeline():
   from memjax.data import pipeline
   pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
   np.testing.assert_array_equal(
-      sampling.from_unit_range(pipeline.to_unit_range(pixels), np.uint8), pixels)
-  assert sampling.from_unit_range(np.array([-2.0, 2.0]), np.uint16).tolist() == [0, 65535]
-  assert sampling.from_unit_range(np.array([0.0]), np.float32).tolist() == [0.5]
+      pipeline.from_unit_range(pipeline.to_unit_range(pixels), np.uint8), pixels)
+  assert pipeline.from_unit_range(np.array([-2.0, 2.0]), np.uint16).tolist() == [0, 65535]
+  assert pipeline.from_unit_range(np.array([0.0]), np.float32).tolist() == [0.5]
 
 
 def test_image_grid_shows_channel_zero_enlarged():

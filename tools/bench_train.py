@@ -98,7 +98,7 @@ def bench_memjax(args: argparse.Namespace) -> tuple[float, int]:
   from memjax import parallel  # pylint: disable=g-import-not-at-top
   from memjax.models import unet  # pylint: disable=g-import-not-at-top
   from memjax.train import ddpm  # pylint: disable=g-import-not-at-top
-  from memjax.train import loop  # pylint: disable=g-import-not-at-top
+  from memjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   config = default.ddpm(default.get_config())
   config.model.model_channels = args.model_channels
@@ -113,7 +113,7 @@ def bench_memjax(args: argparse.Namespace) -> tuple[float, int]:
   config.model.dtype = args.dtype
   mesh = parallel.data_mesh(1)
   shape = (args.image_size, args.image_size, args.channels)
-  compiled = loop.CompiledTrainer(ddpm.make_trainer(config), mesh, shape, seed=0)
+  compiled = state_lib.CompiledTrainer(ddpm.make_trainer(config), mesh, shape, seed=0)
   rngs, state = compiled.init()
   images = np.random.default_rng(0).uniform(-1, 1, (args.batch_size, *shape)).astype(np.float32)
   batch = {"image": jax.device_put(images, compiled.rows)}
@@ -206,10 +206,10 @@ def bench_stylegan2_memjax(config, shape, steps: int, variants) -> dict:
   """Seconds per step of each step variant of memjax's StyleGAN2 on one device."""
   import jax  # pylint: disable=g-import-not-at-top
   from memjax import parallel  # pylint: disable=g-import-not-at-top
-  from memjax.train import loop  # pylint: disable=g-import-not-at-top
+  from memjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   from memjax.train import stylegan2  # pylint: disable=g-import-not-at-top
-  compiled = loop.CompiledTrainer(stylegan2.make_trainer(config), parallel.data_mesh(1), shape,
-                                  seed=0)
+  compiled = state_lib.CompiledTrainer(stylegan2.make_trainer(config), parallel.data_mesh(1), shape,
+                                       seed=0)
   rngs, state = compiled.init()
   images = np.random.default_rng(0).uniform(-1, 1, (config.batch_size, *shape)).astype(np.float32)
   batch = {"image": jax.device_put(images, compiled.rows)}

@@ -63,6 +63,20 @@ def to_unit_range(images: np.ndarray) -> np.ndarray:
   raise ValueError(f"images of dtype {images.dtype} cannot be mapped to [-1, 1]")
 
 
+def from_unit_range(images: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
+  """Images in [-1, 1] back in a data set's range: [0, max] integers, or [0, 1] floats.
+
+  The inverse of `to_unit_range`, clipped and rounded: how samples are written in the training
+  data's dtype.
+  """
+  images = np.asarray(images, np.float32)
+  dtype = np.dtype(dtype)
+  if np.issubdtype(dtype, np.integer):
+    top = np.iinfo(dtype).max
+    return np.clip(np.rint((images + 1.0) * (top / 2)), 0, top).astype(dtype)
+  return np.clip((images + 1.0) / 2.0, 0.0, 1.0).astype(dtype)
+
+
 def _process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   process_index = jax.process_index() if process_index is None else int(process_index)
   process_count = jax.process_count() if process_count is None else int(process_count)

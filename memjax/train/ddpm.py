@@ -23,7 +23,7 @@ import optax
 
 from memjax.models import diffusion as diffusion_lib
 from memjax.models import unet
-from memjax.train import loop
+from memjax.train import state as state_lib
 
 if TYPE_CHECKING:  # Configs are only read: a bare machine may lack ml_collections.
   import ml_collections
@@ -55,7 +55,7 @@ def make_model(options: ml_collections.ConfigDict, image_shape: tuple[int, ...],
       resblock_updown=bool(options.resblock_updown),
       use_new_attention_order=bool(options.use_new_attention_order),
       dropout=float(options.dropout), dims=len(image_shape) - 1, image_size=image_size,
-      dtype=loop.compute_dtype(options), rngs=rngs)
+      dtype=state_lib.compute_dtype(options), rngs=rngs)
 
 
 def make_diffusion(config: ml_collections.ConfigDict) -> diffusion_lib.GaussianDiffusion:
@@ -63,7 +63,7 @@ def make_diffusion(config: ml_collections.ConfigDict) -> diffusion_lib.GaussianD
                                   num_steps=int(config.diffusion.num_steps))
 
 
-def train_step(state: loop.TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
+def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], key: jax.Array, *,
                diffusion: diffusion_lib.GaussianDiffusion) -> dict[str, jax.Array]:
   """One noise-prediction update: the loss of `diffusion.training_loss`, then Adam and the EMA."""
   noise_key, dropout_key = jax.random.split(key)
@@ -78,7 +78,7 @@ def train_step(state: loop.TrainState, batch: dict[str, jax.Array], key: jax.Arr
   return {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
-def generate(state: loop.TrainState, key: jax.Array, shape: tuple[int, ...],
+def generate(state: state_lib.TrainState, key: jax.Array, shape: tuple[int, ...],
              sharding: jax.sharding.Sharding, *, diffusion: diffusion_lib.GaussianDiffusion,
              method: str, num_steps: int, eta: float, variance: str) -> jax.Array:
   """Images of `shape` from the EMA weights: ancestral DDPM with `variance`, or `num_steps` DDIM.
@@ -97,7 +97,7 @@ def generate(state: loop.TrainState, key: jax.Array, shape: tuple[int, ...],
                                    sharding=sharding)
 
 
-def make_trainer(config: ml_collections.ConfigDict) -> loop.Trainer:
+def make_trainer(config: ml_collections.ConfigDict) -> state_lib.Trainer:
   """The DDPM trainer of `config` (model.*, diffusion.*, optimizer.*, ema_decay, sample.*).
 
   sample.* as configs/default.py's `ddpm` documents them; sample.variance is "large" when unset
@@ -117,15 +117,15 @@ def make_trainer(config: ml_collections.ConfigDict) -> loop.Trainer:
       diffusion_lib.ddim_timesteps(diffusion.num_steps, num_steps)
     except ValueError as e:
       raise ValueError(f"--config.sample.num_steps={num_steps}: {e}") from e
-  tx, schedule = loop.make_optimizer(config.optimizer, int(config.num_train_steps))
+  tx, schedule = state_lib.make_optimizer(config.optimizer, int(config.num_train_steps))
 
-  def init_state(key: jax.Array, image_shape: tuple[int, ...]) -> loop.TrainState:
+  def init_state(key: jax.Array, image_shape: tuple[int, ...]) -> state_lib.TrainState:
     params_key, dropout_key = jax.random.split(key)
     model = make_model(config.model, image_shape, nnx.Rngs(params=params_key,
                                                            dropout=dropout_key))
-    return loop.TrainState(model, tx, float(config.ema_decay))
+    return state_lib.TrainState(model, tx, float(config.ema_decay))
 
-  return loop.Trainer(
+  return state_lib.Trainer(
       name=NAME, init_state=init_state,
       train_step=functools.partial(train_step, diffusion=diffusion),
       generate=functools.partial(generate, diffusion=diffusion, method=method,

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from memjax import parallel
+from memjax.data import pipeline
 from memjax.train import checkpoints
 from memjax.train import inputs
 from memjax.train import state as state_lib
@@ -28,19 +29,6 @@ GRIDS = "grids"
 SAMPLES = "samples"
 _SAMPLE_FILE = "samples_{:05d}.npz"
 _GRID_IMAGES = 64  # images in the grid drawn of a sample run
-
-
-def from_unit_range(images: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
-  """Images in [-1, 1] back in a data set's range: [0, max] integers, or [0, 1] floats.
-
-  The inverse of `memjax.data.pipeline.to_unit_range`, clipped and rounded.
-  """
-  images = np.asarray(images, np.float32)
-  dtype = np.dtype(dtype)
-  if np.issubdtype(dtype, np.integer):
-    top = np.iinfo(dtype).max
-    return np.clip(np.rint((images + 1.0) * (top / 2)), 0, top).astype(dtype)
-  return np.clip((images + 1.0) / 2.0, 0.0, 1.0).astype(dtype)
 
 
 def image_grid(images: np.ndarray, min_cell: int = 64) -> np.ndarray:
@@ -60,7 +48,7 @@ def image_grid(images: np.ndarray, min_cell: int = 64) -> np.ndarray:
   rows = math.ceil(n / cols)
   gap = 2
   grid = np.zeros((rows * (h + gap) + gap, cols * (w + gap) + gap), np.uint8)
-  pixels = from_unit_range(images, np.uint8)
+  pixels = pipeline.from_unit_range(images, np.uint8)
   for i in range(n):
     r, c = divmod(i, cols)
     grid[gap + r * (h + gap):gap + r * (h + gap) + h,
@@ -124,7 +112,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     if len(grid) < _GRID_IMAGES:
       grid.append(images[:_GRID_IMAGES])
     if primary:
-      _write_chunk(path, from_unit_range(images, np.dtype(meta["image_dtype"])), seed, step)
+      _write_chunk(path, pipeline.from_unit_range(images, np.dtype(meta["image_dtype"])), seed, step)
   if primary:
     save_grid(workdir / GRIDS / f"samples_step_{step:08d}.png",
               np.concatenate(grid)[:_GRID_IMAGES])

@@ -15,7 +15,7 @@ images by `ema_rampup`), and the tracked w average is copied to it as the refere
 buffers. Gradients are sanitised (NaN -> 0, +-inf -> +-1e5) as the reference does.
 
 The phases that run only every few steps make three variants of the step (neither regularizer,
-path length, both), each compiled once (`loop.Trainer.variant`), and the step's key alone decides
+path length, both), each compiled once (`state.Trainer.variant`), and the step's key alone decides
 its noise: a resumed run redraws the same. Each phase is a function of its own (`g_main`, `g_reg`,
 `d_main`, `d_reg`) that draws only from its own named keys (`phase_keys`), so whether a
 regularizer runs in a step, or where a phase sits in the code, changes no other phase's draws.
@@ -38,7 +38,7 @@ import optax
 
 from memjax.models import stylegan2 as stylegan2_lib
 from memjax.train import augment as augment_lib
-from memjax.train import loop
+from memjax.train import state as state_lib
 
 if TYPE_CHECKING:  # Configs are only read: a bare machine may lack ml_collections.
   import ml_collections
@@ -74,7 +74,7 @@ def make_models(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
   g_key, d_key = jax.random.split(key)
   common = dict(img_resolution=int(image_shape[0]), img_channels=int(image_shape[-1]),
                 channel_base=int(options.channel_base), channel_max=int(options.channel_max),
-                conv_clamp=options.get("conv_clamp"), dtype=loop.compute_dtype(options))
+                conv_clamp=options.get("conv_clamp"), dtype=state_lib.compute_dtype(options))
   generator = stylegan2_lib.Generator(
       z_dim=int(options.z_dim), w_dim=int(options.w_dim), mapping_layers=int(options.map_layers),
       mapping_lr_multiplier=float(options.mapping_lr_multiplier), rngs=nnx.Rngs(params=g_key),
@@ -333,7 +333,7 @@ def generate(state: StyleGAN2State, key: jax.Array, shape: tuple[int, ...],
   return jnp.clip(images, -1.0, 1.0)
 
 
-def make_trainer(config: ml_collections.ConfigDict) -> loop.Trainer:
+def make_trainer(config: ml_collections.ConfigDict) -> state_lib.Trainer:
   """The StyleGAN2 trainer of `config` (model.*, loss.*, ada.*, optimizer.*, ema_*, sample.*)."""
   settings = _Settings(config)
   learning_rate = float(config.optimizer.learning_rate)
@@ -353,7 +353,7 @@ def make_trainer(config: ml_collections.ConfigDict) -> loop.Trainer:
     generator, discriminator = make_models(config, image_shape, key)
     return StyleGAN2State(generator, discriminator, g_tx, d_tx, initial_p)
 
-  return loop.Trainer(
+  return state_lib.Trainer(
       name=NAME, init_state=init_state,
       train_step=functools.partial(train_step, settings=settings),
       variant=functools.partial(regularizers_due, settings=settings),

@@ -108,9 +108,9 @@ def time_to_first_step(config: Any, image_shape: Sequence[int] = PAPER_DDPM_IMAG
     compile_s (first_step_s - step_s: the first step's overhead), loss (of the first step),
     and the run's figures: backend, devices, batch_size, image_shape, dtype, num_params.
   """
-  from memjax.train import loop  # pylint: disable=g-import-not-at-top
+  from memjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   if workdir is not None:
-    loop.use_compilation_cache(workdir)
+    state_lib.use_compilation_cache(workdir)
   image_shape = tuple(int(s) for s in image_shape)
   batch_size = int(config.batch_size)
   mesh = parallel.data_mesh(num_devices)
@@ -121,7 +121,7 @@ def time_to_first_step(config: Any, image_shape: Sequence[int] = PAPER_DDPM_IMAG
   images = np.random.default_rng(seed).uniform(-1, 1, (batch_size, *image_shape))
 
   start = time.perf_counter()
-  compiled = loop.CompiledTrainer(trainer, mesh, image_shape, int(config.get("seed", 0)))
+  compiled = state_lib.CompiledTrainer(trainer, mesh, image_shape, int(config.get("seed", 0)))
   built = time.perf_counter()
   rngs, state = compiled.init()
   jax.block_until_ready(state)
