@@ -52,7 +52,8 @@ def open_training_data(options: ml_collections.ConfigDict,
   TFDS data set; mni152 is prepared on first use since it ships with nilearn, the others need
   tools/prepare_data.py), a folder, or an .npy/.npz file. Sources give single-channel images
   without their channel axis, which is put back: 2D images (H, W) become (H, W, 1), and with
-  options.volumes=True 3D volumes (D, H, W) become (D, H, W, 1).
+  options.volumes=True 3D volumes (D, H, W) become (D, H, W, 1). options.num_images (0: all)
+  keeps a fixed subset chosen by options.subset_seed alone (`sources.subset`).
   features: what the trainer reads; sources give images only.
   """
   spec = options.get("source")
@@ -63,6 +64,10 @@ def open_training_data(options: ml_collections.ConfigDict,
     raise ValueError(f"the trainer reads the features {tuple(features)}, but --config.data.source "
                      f"{spec!r} gives images only; pass the examples to train(data=...)")
   images = _open_images(spec, options.get("data_dir"))
+  # A fixed, seeded subset of options.num_images (0: all), the same on every run and process.
+  from memjax.data import sources  # pylint: disable=g-import-not-at-top
+  images = sources.subset(images, options.get("num_images") or None,
+                          options.get("subset_seed", 0))
   shape = tuple(images.shape)
   add_channel = len(shape) == (3 if options.get("volumes") else 2)
   if add_channel:
