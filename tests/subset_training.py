@@ -33,10 +33,11 @@ def subset_training():
 
   def open_training_data(options, features=("image",)):
     data = original(options, features)
-    images = sources.subset(data.source._images, options.get("num_images"),  # pylint: disable=protected-access
+    # pylint: disable=protected-access
+    images = sources.subset(data.source._images, options.get("num_images"),
                             options.get("subset_seed"))
     return dataclasses.replace(
-        data, source=inputs._ImageExamples(images, data.source._add_channel),  # pylint: disable=protected-access
+        data, source=inputs._ImageExamples(images, data.source._add_channel),
         description=images.description)
 
   monkeypatch = pytest.MonkeyPatch()

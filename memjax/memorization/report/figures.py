@@ -354,3 +354,55 @@ def scatter_png(train_image: np.ndarray, synthetic_image: np.ndarray) -> bytes:
   ax.xaxis.label.set_fontsize(8)
   ax.yaxis.label.set_fontsize(8)
   return figure_to_png_bytes(fig)
+
+
+# The sweep's panels: (figure key, panel title, y axis label, as a percentage).
+SWEEP_PANELS = (
+    ("fraction_memorized", "memorized: r ≥ Dar's threshold", "% of samples", True),
+    ("fraction_above_0.95", "near copies: r ≥ 0.95", "% of samples", True),
+    ("median_max_correlation", "median best correlation", "median of the samples' best r",
+     False),
+)
+# Per model: marker, its size and line style, so that a line drawn over another (equal values)
+# leaves the one below it visible.
+SWEEP_STYLES = (("o", 10, "-"), ("s", 6, "--"), ("^", 6, ":"), ("D", 5, "-."))
+SWEEP_SIZE_IN = (11.0, 4.2)
+
+
+def sweep_figure(sizes: Sequence[int], values: dict[str, dict[str, Sequence[float | None]]]
+                 ) -> Figure:
+  """Memorization against training-set size: one panel per measure of `SWEEP_PANELS`, one line
+  per model (its colour, marker and line style), one point per size; a missing value (None)
+  leaves a gap.
+
+  `values[model][key]` holds the figure `key` of each size, in the order of `sizes`.
+  """
+  sizes = [int(s) for s in sizes]
+  fig = Figure(figsize=SWEEP_SIZE_IN, dpi=DPI, layout="constrained")
+  fig.suptitle("Memorization against the number of training images", fontsize=13)
+  axes = fig.subplots(1, len(SWEEP_PANELS))
+  handles = []
+  for ax, (key, title, ylabel, percent) in zip(axes, SWEEP_PANELS):
+    handles = []
+    for n, (name, figures) in enumerate(values.items()):
+      color, color_name = SERIES_COLORS[n % len(SERIES_COLORS)]
+      y = np.array([np.nan if v is None else float(v) for v in figures[key]], np.float64)
+      y = 100.0 * y if percent else y
+      marker, size, style = SWEEP_STYLES[n % len(SWEEP_STYLES)]
+      handles += ax.plot(sizes, y, color=color, marker=marker, markersize=size, linestyle=style,
+                         linewidth=2.0, label=f"{name} ({color_name})")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.minorticks_off()
+    ax.set_xlim(sizes[0] / 1.25, sizes[-1] * 1.25)
+    if percent:
+      _, top = ax.get_ylim()
+      ax.set_ylim(-3.0, max(10.0, min(103.0, top * 1.1)))
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel("training images", fontsize=10)
+    ax.set_ylabel(ylabel, fontsize=10)
+    ax.tick_params(labelsize=9.5)
+    ax.grid(True, color="0.88", linewidth=0.8)
+  fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=10,
+             frameon=False)
+  return fig
