@@ -15,7 +15,6 @@ import pytest
 
 from memjax.data import sources
 from memjax.train import inputs
-from subset_training import subset_training  # noqa: F401  (a fixture)
 
 
 def reference_indices(length, num_images, seed):
@@ -85,9 +84,8 @@ def test_block_means_equal_a_float64_reference():
     sources.BlockMeanSource(sources.ArraySource(images), 10)
 
 
-def test_training_reads_the_subset(tmp_path, subset_training):
+def test_training_reads_the_subset(tmp_path):
   """config.data.num_images reaches the loop's data: exactly the subset the audit opens."""
-  del subset_training
   images = np.random.default_rng(2).integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
   np.save(tmp_path / "train.npy", images)
   options = ml_collections.ConfigDict({"source": str(tmp_path / "train.npy"), "num_images": 5,

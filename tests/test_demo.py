@@ -29,7 +29,6 @@ from memjax.data import sources
 from memjax.memorization.report import comparison_page
 from memjax.memorization.report import figures as figures_lib
 from memjax.memorization.report import sweep_page
-from subset_training import subset_training  # noqa: F401  (a fixture)
 
 MODELS = ("ddpm", "stylegan2")
 FIGURE_KEYS = ("fraction_memorized", "threshold", "median_max_correlation",
@@ -83,10 +82,9 @@ def block_means(images: np.ndarray, factor: int = FACTOR) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, subset_training):
+def demo_run(tmp_path_factory):
   """The sweep's work dir, and its 8-slice demo after a plain run and a redacted re-run (which
   reuses the models)."""
-  del subset_training
   monkeypatch = pytest.MonkeyPatch()
   monkeypatch.setenv("MEMJAX_DATA_DIR", str(tmp_path_factory.mktemp("data")))
   workdir = tmp_path_factory.mktemp("demo")
