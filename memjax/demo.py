@@ -216,7 +216,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
   from memjax.memorization import report  # pylint: disable=g-import-not-at-top
   from memjax.memorization.report import comparison_page  # pylint: disable=g-import-not-at-top
   from memjax import train as train_lib  # pylint: disable=g-import-not-at-top
-  from memjax.train import loop  # pylint: disable=g-import-not-at-top
+  from memjax.train import sampling  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
   names = _check_models(config)
   data = training_set(config, names)
@@ -238,7 +238,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
     say(f"[{3 * n + 1}/{stages}] training {name} on {train.description} in {model_dir}")
     step, seconds = _train(options, model_dir)
     say(f"[{3 * n + 2}/{stages}] sampling {options.num_samples} images from {name}")
-    samples = loop.sample(options, model_dir, train_lib.make_trainer(options))
+    samples = sampling.sample(options, model_dir, train_lib.make_trainer(options))
     synthetic = data.at_training_resolution(sources.open_source(samples))
     audit_dir = workdir / "audit" / name
     say(f"[{3 * n + 3}/{stages}] auditing {name}'s samples against {train.description}")

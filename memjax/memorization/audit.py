@@ -111,9 +111,7 @@ class AuditOptions:
 
   def check(self, *, has_holdout: bool) -> None:
     """Raises ValueError naming the first setting that is wrong, before any work is done."""
-    if self.detector not in DETECTORS:
-      raise ValueError(f"unknown detector {self.detector!r} (config.audit.detector); expected "
-                       f"one of {', '.join(DETECTORS)}")
+    _check_detector_name(self.detector)
     for name, low in (("k", 1), ("num_pairs", 0)):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -145,11 +143,15 @@ class Audit(dict):
     self.results = results
 
 
-def check_detector(detector: str, embed_fn: Callable[[np.ndarray], np.ndarray] | None) -> None:
-  """Raises ValueError for an unknown detector or an embedding detector without an encoder."""
+def _check_detector_name(detector: str) -> None:
   if detector not in DETECTORS:
     raise ValueError(f"unknown detector {detector!r} (config.audit.detector); expected one of "
                      f"{', '.join(DETECTORS)}")
+
+
+def check_detector(detector: str, embed_fn: Callable[[np.ndarray], np.ndarray] | None) -> None:
+  """Raises ValueError for an unknown detector or an embedding detector without an encoder."""
+  _check_detector_name(detector)
   if detector != "correlation" and embed_fn is None:
     raise ValueError(f"the {detector!r} detector needs a trained contrastive encoder: train one "
                      "with python launch.py --config=configs/demo_contrastive.py (or "

@@ -9,7 +9,7 @@ image size:
 
 * Each image's mean, centred sum of squares and range are computed in float64, one piece of its
   pixels at a time (Chan et al.'s pairwise combination of piece statistics: no cancellation), from
-  rows shifted by one of their own pixels (`streaming.shifted_rows_float64`'s rule), so any
+  rows shifted by one of their own pixels (`streaming.shifted_piece`), so any
   finite input is exact.
 * Rows are read a few at a time (as many as the budget holds in their stored dtype); the
   correlations of a group of synthetic rows with a group of training rows are the sum over pixel
@@ -72,7 +72,7 @@ def _statistics(rows: np.ndarray, piece: int
   largest = np.zeros(count)
   finite = np.ones(count, bool)
   for start in range(0, rows.shape[1], piece):
-    values = _shifted_piece(rows, start, start + piece)
+    values = streaming.shifted_piece(rows, start, start + piece)
     finite &= np.isfinite(values).all(axis=1)
     with np.errstate(invalid="ignore"):
       largest = np.fmax(largest, np.max(np.abs(values), axis=1))
@@ -83,7 +83,7 @@ def _statistics(rows: np.ndarray, piece: int
   mean = np.zeros(count)
   m2 = np.zeros(count)
   for start in range(0, rows.shape[1], piece):
-    values = _shifted_piece(rows, start, start + piece, scale)
+    values = streaming.shifted_piece(rows, start, start + piece, scale)
     n = values.shape[1]
     piece_mean = values.mean(axis=1)
     piece_m2 = np.square(values - piece_mean[:, None]).sum(axis=1)
@@ -100,23 +100,6 @@ def _statistics(rows: np.ndarray, piece: int
   return scale, mean, inverse_norm, status
 
 
-def _shifted_piece(rows: np.ndarray, start: int, stop: int,
-                   scale: np.ndarray | None = None) -> np.ndarray:
-  """Pixels [start, stop) of each row minus the row's first pixel, in float64 (exact for
-  integers; halved for floats, which cannot overflow), times each row's `scale`: neither a shift
-  nor a positive scale changes a correlation."""
-  piece = rows[:, start:stop]
-  if np.issubdtype(rows.dtype, np.integer):
-    exact = (piece.astype(np.uint64) - rows[:, :1].astype(np.uint64)).view(np.int64)
-    approximate = piece.astype(np.float64) - rows[:, :1].astype(np.float64)
-    values = np.where(np.abs(approximate) >= 2.0**62, approximate, exact.astype(np.float64))
-  else:
-    values = piece.astype(np.float64, copy=False)
-    with np.errstate(invalid="ignore", over="ignore"):
-      values = values * 0.5 - rows[:, :1].astype(np.float64) * 0.5
-  return values if scale is None else values * scale[:, None]
-
-
 EXACT_PIECE = 1 << 20  # pixels per piece of the float64 correlation of two rows
 
 
@@ -130,7 +113,7 @@ def exact_correlation(a: np.ndarray, b: np.ndarray) -> float:
   total = 0.0
   for start in range(0, rows[0].shape[1], EXACT_PIECE):
     stop = start + EXACT_PIECE
-    pieces = [(_shifted_piece(row, start, stop, scale)[0] - mean[0]) * inverse_norm[0]
+    pieces = [(streaming.shifted_piece(row, start, stop, scale)[0] - mean[0]) * inverse_norm[0]
               for row, (scale, mean, inverse_norm, _) in zip(rows, stats)]
     total += float(np.dot(pieces[0], pieces[1]))
   return float(np.clip(total, -1.0, 1.0))
@@ -152,7 +135,7 @@ class _Group:
 
   def unit_piece(self, start: int, stop: int) -> np.ndarray:
     """The rows' pixels [start, stop), centred on their means and scaled to unit row norm."""
-    values = _shifted_piece(self.rows, start, stop, self.scale) - self.mean[:, None]
+    values = streaming.shifted_piece(self.rows, start, stop, self.scale) - self.mean[:, None]
     return (values * self.inverse_norm[:, None]).astype(np.float32)
 
 

@@ -29,26 +29,38 @@ from memjax.memorization.kernels import SearchPlan
 _NARROW = (np.uint8, np.int8, np.uint16, np.int16, np.float16, np.float32)
 
 
+def shifted_piece(rows: np.ndarray, start: int, stop: int,
+                  scale: np.ndarray | None = None) -> np.ndarray:
+  """Pixels [start, stop) of each row (N, size) minus the row's first pixel, in float64, times
+  each row's `scale` if given.
+
+  The difference is exact for integers (modulo 2^64, exact while the row's range fits in int64;
+  the float64 difference past that, as exact at that range) and formed from halved floats, which
+  cannot overflow: neither a shift nor a positive scale changes a Pearson correlation.
+  """
+  piece = rows[:, start:stop]
+  if np.issubdtype(rows.dtype, np.integer):
+    exact = (piece.astype(np.uint64) - rows[:, :1].astype(np.uint64)).view(np.int64)
+    approximate = piece.astype(np.float64) - rows[:, :1].astype(np.float64)
+    values = np.where(np.abs(approximate) >= 2.0**62, approximate, exact.astype(np.float64))
+  else:
+    values = piece.astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore", over="ignore"):
+      values = values * 0.5 - rows[:, :1].astype(np.float64) * 0.5
+  return values if scale is None else values * scale[:, None]
+
+
 def shifted_rows_float64(images: np.ndarray) -> np.ndarray:
   """Each image (N, ...) flattened, minus its first value, scaled by a power of two, in float64.
 
   Pearson correlation does not change under a shift and a positive scale of either image, and
-  this pair keeps the texture of any finite input: the difference is formed exactly (integers
-  modulo 2^64, which is exact while the row's range fits in int64; floats after halving, which
-  cannot overflow), and the power of two brings each row's largest difference into [0.5, 1).
-  float64 images around 1e8 or 1e200 and int64 images near 2^62 keep every bit of their texture,
-  where a plain cast to float32 rounds it away (and a mean or a square of 1e200 overflows).
+  this pair keeps the texture of any finite input (`shifted_piece`): the power of two brings each
+  row's largest difference into [0.5, 1). float64 images around 1e8 or 1e200 and int64 images
+  near 2^62 keep every bit of their texture, where a plain cast to float32 rounds it away (and a
+  mean or a square of 1e200 overflows).
   """
   rows = images.reshape(len(images), -1)
-  if np.issubdtype(rows.dtype, np.integer):
-    exact = (rows.astype(np.uint64) - rows[:, :1].astype(np.uint64)).view(np.int64)
-    approximate = rows.astype(np.float64) - rows[:, :1].astype(np.float64)
-    wide = np.abs(approximate) >= 2.0**62  # past int64: the float64 difference is as exact
-    shifted = np.where(wide, approximate, exact.astype(np.float64))
-  else:
-    values = rows.astype(np.float64, copy=False)
-    with np.errstate(invalid="ignore", over="ignore"):
-      shifted = values * 0.5 - values[:, :1] * 0.5
+  shifted = shifted_piece(rows, 0, rows.shape[1])
   with np.errstate(invalid="ignore"):
     largest = np.max(np.abs(shifted), axis=1)
   usable = np.isfinite(largest) & (largest > 0)

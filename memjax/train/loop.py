@@ -43,7 +43,6 @@ from memjax.train import run_config
 from memjax.train.checkpoints import CHECKPOINTS, checkpoint_manager
 from memjax.train.inputs import TrainingData, downsample, open_training_data
 from memjax.train.sampling import GRIDS, image_grid, save_grid
-from memjax.train.sampling import sample  # noqa: F401  (demo.py's loop.sample, until it moves)
 from memjax.train.state import CompiledTrainer, Trainer, auto_axes, use_compilation_cache
 # pylint: enable=g-multiple-import,g-importing-member
 
