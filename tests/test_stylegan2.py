@@ -1,8 +1,10 @@
 """StyleGAN2: layers against float64 numpy, networks against stylegan2-ada-pytorch, training.
 
 `tests/data/stylegan2_reference.npz` holds a small G and D (16x16, 2 channels) drawn at random
-in NVlabs' stylegan2-ada-pytorch, inputs and the reference's outputs (written by
-tools/make_stylegan2_reference.py); the parity test runs from that file alone. The training tests
+in NVlabs' stylegan2-ada-pytorch, inputs and the reference's outputs, and, for four
+configurations of the outside check of issue 20, the float64 gradients that R1 and path-length
+regularization train on (written by tools/make_stylegan2_reference.py); the parity tests run from
+that file alone. The training tests
 use 8x8 images and tiny networks so that their steps compile in seconds.
 """
 
@@ -245,6 +247,95 @@ def test_generator_and_discriminator_match_stylegan2_ada_pytorch(reference):
                                err_msg=name)
   # The outputs are not trivially small: a wrong layer would show far above the tolerance.
   assert np.abs(reference["img"]).max() > 1 and np.ptp(reference["d_fake"]) > 0.1
+
+
+GRADIENT_CASES = ("rgb32", "gray64", "mbstd2_clamp1", "paper64")
+
+
+def gradient_case(reference, case):
+  """The memjax G and D of a gradient case, loaded with its state dicts, and its arrays."""
+  prefix = f"grad/{case}/"
+  arrays = {k[len(prefix):]: v for k, v in reference.items() if k.startswith(prefix)}
+  common = dict(img_resolution=int(arrays["img_resolution"]),
+                img_channels=int(arrays["img_channels"]),
+                channel_base=int(arrays["channel_base"]), channel_max=int(arrays["channel_max"]),
+                conv_clamp=int(arrays["conv_clamp"]))
+  generator = sg.Generator(z_dim=int(arrays["z_dim"]), w_dim=int(arrays["w_dim"]),
+                           mapping_layers=int(arrays["num_mapping_layers"]), rngs=nnx.Rngs(0),
+                           **common)
+  discriminator = sg.Discriminator(mbstd_group_size=int(arrays["mbstd_group_size"]),
+                                   mbstd_num_channels=int(arrays["mbstd_num_channels"]),
+                                   rngs=nnx.Rngs(1), **common)
+  sg.load_torch_state_dict(arrays, generator=generator, discriminator=discriminator)
+  return generator, discriminator, arrays
+
+
+def relative_error(got, want):
+  return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
+
+
+@pytest.mark.parametrize("case", GRADIENT_CASES)
+def test_regularizer_gradients_match_stylegan2_ada_pytorch_in_float64(reference, case):
+  """R1's and the path length's gradients against the reference, run in float64 (issue 20).
+
+  The reference's inputs keep every pre-activation away from leaky ReLU's and the clamp's kinks
+  (tools/make_stylegan2_reference.py): there, the exact gradient is the one any correct float32
+  implementation computes to a few 1e-7.
+  """
+  generator, discriminator, arrays = gradient_case(reference, case)
+  assert float(arrays["min_kink_margin"]) >= 1e-6
+  to_nhwc = lambda x: jnp.transpose(jnp.asarray(x), (0, 2, 3, 1))
+
+  @nnx.jit
+  def gradients(generator, discriminator, x_real, ws, pl_noise):
+    def penalty(discriminator):
+      input_grad = jax.grad(lambda x: discriminator(x).sum())(x_real)
+      return jnp.sum(jnp.square(input_grad)), input_grad
+
+    def path_lengths(generator):
+      pl_grad = jax.grad(lambda w: jnp.sum(generator.synthesis(w, "const") * pl_noise))(ws)
+      return jnp.sum(jnp.sqrt(jnp.mean(jnp.sum(jnp.square(pl_grad), 2), 1))), pl_grad
+
+    (_, input_grad), r1_grads = nnx.value_and_grad(penalty, has_aux=True)(discriminator)
+    (_, pl_grad), pl_param_grads = nnx.value_and_grad(path_lengths, has_aux=True)(generator)
+    img_param_grads = nnx.grad(
+        lambda generator: jnp.sum(generator.synthesis(ws, "const") * pl_noise))(generator)
+    return (jnp.transpose(input_grad, (0, 3, 1, 2)), pl_grad, r1_grads, pl_param_grads,
+            img_param_grads)
+
+  input_grad, pl_grad, r1_grads, pl_param_grads, img_param_grads = gradients(
+      generator, discriminator, to_nhwc(arrays["x_real"]), jnp.asarray(arrays["ws"]),
+      to_nhwc(arrays["pl_noise"]))
+  assert relative_error(input_grad, arrays["d_input_grad"]) <= 1e-5
+  assert relative_error(pl_grad, arrays["pl_grad"]) <= 1e-5
+  assert_parameter_gradients(r1_grads, arrays, "r1.")
+  if case == "paper64":  # The generator's parameters, second and first order.
+    assert_parameter_gradients(pl_param_grads, arrays, "pl_param.")
+    assert_parameter_gradients(img_param_grads, arrays, "img_param.")
+
+
+def assert_parameter_gradients(grads, arrays, prefix):
+  """Each reference gradient `prefix<name>` against memjax's, relative to its layer's largest.
+
+  Relative to the largest value of the layer's gradients (weight and bias together): a bias's
+  gradient sums the whole batch's second-order terms, whose float32 rounding is about 1e-5 of
+  the bias gradient's own, smaller, largest value.
+  """
+  grads = {".".join(str(p) for p in path): v
+           for path, v in nnx.iter_graph(grads) if isinstance(v, nnx.Variable)}
+  names = [k[len(prefix):] for k in arrays if k.startswith(prefix)]
+  assert names and set(names) <= set(grads)
+  scale = {}
+  for name in names:
+    layer = name.rsplit(".", 1)[0]
+    scale[layer] = max(scale.get(layer, 0.0), float(np.abs(arrays[prefix + name]).max()))
+  for name in names:
+    want = arrays[prefix + name]
+    got = np.asarray(grads[name][...], np.float64)
+    if not np.any(want):  # A parameter the differentiated value does not depend on.
+      assert not np.any(got), name
+      continue
+    assert np.abs(got - want).max() <= 1e-5 * scale[name.rsplit(".", 1)[0]], name
 
 
 def test_loading_names_what_does_not_fit(reference):
