@@ -17,7 +17,8 @@ def test_gpu_check_runs_and_its_exactness_holds_on_cpu():
   figures = {(line["section"], line["figure"]): line for line in lines}
   assert not [line for line in lines if line["figure"] == "error"], completed.stdout
   exactness = [line for line in lines if line["section"] == "exactness" and "target" in line]
-  assert len(exactness) == 2 + 2 * 2 * 3  # the probe, then 2 sizes x 3 precisions x 2 figures
+  # The probe, then 4 cases (2 sizes, the phantoms, MNI152 slices) x 3 precisions x 2 figures.
+  assert len(exactness) == 2 + 4 * 3 * 2
   assert all(line["ok"] for line in exactness), completed.stdout
   assert all(line["copies_found"] for line in exactness if "copies_found" in line)
   search = [line for line in lines if line["section"] == "search"]

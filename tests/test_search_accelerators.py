@@ -200,15 +200,14 @@ def test_accelerator_budget_search_is_exact_on_cpu(rng):
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16x3"])
-def test_near_exact_matches_are_rescored_in_float64(rng, precision):
+def test_every_value_is_the_float64_correlation(rng, precision):
   mesh = parallel.data_mesh(4)
   train = rng.integers(0, 256, (150, 40, 40)).astype(np.uint8)
   train[149] = train[20]  # a duplicate: the tie goes to the lower index, 20
   nearly = train[60].copy()
-  nearly[0, :12] = 255 - nearly[0, :12]  # r below 1 - REFINE_BAND: left as found
+  nearly[0, :12] = 255 - nearly[0, :12]
   one_pixel = train[90].copy()
   one_pixel[5, 5] = one_pixel[5, 5] + 20 if one_pixel[5, 5] < 128 else one_pixel[5, 5] - 20
-  # r about 1 - 2e-5: inside the band, rescored
   synthetic = np.stack([train[20], train[100], nearly, one_pixel,
                         rng.integers(0, 256, (40, 40)).astype(np.uint8)])
   reference = pearson_float64(synthetic, train)
@@ -217,13 +216,31 @@ def test_near_exact_matches_are_rescored_in_float64(rng, precision):
   assert result.indices[0, 1] == 149
   np.testing.assert_array_equal(result.values[:2, 0], 1.0)
   assert result.values[0, 1] == 1.0
-  assert 1 - correlation.REFINE_BAND < reference[3, 90] < 1 - 1e-6
-  assert reference[2, 60] < 1 - correlation.REFINE_BAND
-  np.testing.assert_allclose(result.values[3, 0], reference[3, 90], atol=6e-8, rtol=0)
-  assert_exact_top_k(result.values, result.indices, reference, 3)
-  # Only matches inside the band are rescored: elsewhere the kernel's values stand.
+  assert result.values.dtype == np.float64
+  assert_exact_top_k(result.values, result.indices, reference, 3, atol=1e-12)
+  # The kernel's own scores are float32 estimates: the rescoring is what makes them exact.
   kernel = correlation.search_correlation(synthetic, train, 3, mesh=mesh, precision=precision,
                                           refine=False)
-  outside = kernel.values < 1 - correlation.REFINE_BAND
-  np.testing.assert_array_equal(result.values[outside], kernel.values[outside])
-  assert np.max(np.abs(result.values - reference[np.arange(5)[:, None], result.indices])) < 2e-6
+  np.testing.assert_array_equal(kernel.indices, result.indices)
+  assert np.max(np.abs(kernel.values - result.values)) > 1e-9
+
+
+def test_candidates_the_bound_cannot_separate_are_searched_again(rng):
+  # 120 references within about 1e-6 of each other: the float32 ranking cannot tell them apart
+  # (the bound is about 1e-4), so the 2 + 16 candidates are not proven enough for either query;
+  # both are searched again until every reference is a candidate, and the answer is float64's.
+  mesh = parallel.data_mesh(4)
+  base = rng.random((24, 24))
+  train = (base + rng.normal(0, 1e-6, (120, 24, 24))).astype(np.float64)
+  synthetic = np.stack([base + rng.normal(0, 1e-6, (24, 24)), rng.random((24, 24))])
+  reference = pearson_float64(synthetic, train)
+  result = correlation.search_correlation(synthetic, train, 2, mesh=mesh)
+  assert result.searched_again == 2
+  assert_exact_top_k(result.values, result.indices, reference, 2, atol=1e-12)
+  for row in range(2):
+    best = np.lexsort((np.arange(120), -reference[row]))[:2]
+    np.testing.assert_array_equal(result.indices[row], best)
+  # Well-separated candidates are proven at once: nothing is searched again.
+  separated = correlation.search_correlation(rng.random((5, 24, 24)), rng.random((120, 24, 24)),
+                                             2, mesh=mesh)
+  assert separated.searched_again == 0

@@ -10,8 +10,10 @@ its own time limit so that one hung compile cannot stop the rest:
 
 * exactness: the split-product probe on this device, and searches with precision "auto",
   "bfloat16x3" and "float32" against float64 numpy, with exact and noisy copies planted:
-  256x256 (256 x 4,000) and 64x64 (1,000 x 20,000). Targets: "auto" within 1e-5 of float64,
-  exact copies >= 1 - 1e-6.
+  256x256 (256 x 4,000), 64x64 (1,000 x 20,000), the README's phantoms (64x64, 98 x 400) and
+  16-bit MNI152 slices (where nilearn is installed). Targets: every value within 1e-9 of
+  float64 (the reported values are rescored in float64), exact copies exactly 1, the planted
+  copies found; the kernel's own float32 values are printed beside them.
 * search: 1,000 synthetic x 22,000 training slices of 256x256 uint8 (the paper's scale), memjax
   against a PyTorch script (float32 normalize, mm, topk over blocks streamed from pinned host
   memory) and against the host-to-device copy of the training set (pinned and pageable). Then
@@ -87,9 +89,10 @@ def _plant(rng, train: np.ndarray, synthetic: np.ndarray, copies: int) -> np.nda
   """The first `copies` synthetic images become exact copies, the next `copies` noisy ones."""
   picked = rng.choice(len(train), 2 * copies, replace=False)
   synthetic[:copies] = train[picked[:copies]]
-  noisy = train[picked[copies:]].astype(np.float32) + 6.0 * rng.standard_normal(
+  top = float(np.iinfo(train.dtype).max)
+  noisy = train[picked[copies:]].astype(np.float32) + top / 40 * rng.standard_normal(
       (copies,) + train.shape[1:]).astype(np.float32)
-  synthetic[copies:2 * copies] = np.clip(noisy, 0, 255).astype(np.uint8)
+  synthetic[copies:2 * copies] = np.clip(noisy, 0, top).astype(train.dtype)
   return picked
 
 
@@ -104,6 +107,30 @@ def _float64_top_k(synthetic: np.ndarray, train: np.ndarray, k: int) -> np.ndarr
     scores = a @ unit(train[start:start + 4096]).T
     best = -np.sort(-np.concatenate([best, scores], axis=1), axis=1)[:, :k]
   return best
+
+
+def _phantom_case(rng, num_synthetic: int, num_train: int):
+  """The README's phantoms (tools/make_example_data.py) as uint8, with copies planted."""
+  import make_example_data  # pylint: disable=g-import-not-at-top
+  as_uint8 = lambda x: np.clip(np.round(x), 0, 255).astype(np.uint8)
+  train = as_uint8(np.stack([make_example_data.phantom(rng, 64) for _ in range(num_train)]))
+  synthetic = as_uint8(np.stack([make_example_data.phantom(rng, 64)
+                                 for _ in range(num_synthetic)]))
+  return synthetic, train
+
+
+def _mni152_case(rng):
+  """16-bit axial slices of nilearn's MNI152 template (2 mm), with copies planted; None without
+  nilearn."""
+  try:
+    from nilearn import datasets  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  volume = datasets.load_mni152_template(resolution=2).get_fdata()
+  volume = np.round(volume / volume.max() * 65535).astype(np.uint16)
+  axial = np.moveaxis(volume[:, :, 15:80], 2, 0)
+  train, synthetic = axial[0::2].copy(), axial[1::2].copy()
+  return synthetic, train
 
 
 def check_exactness(args) -> None:
@@ -122,11 +149,21 @@ def check_exactness(args) -> None:
   mesh = parallel.data_mesh(1)
   emit("exactness", "auto resolves to", correlation.resolve_precision("auto", mesh))
   rng = np.random.default_rng(0)
-  cases = ((64, 40, 500), (64, 100, 2000)) if args.small else ((256, 256, 4000), (64, 1000, 20000))
-  for side, num_synthetic, num_train in cases:
-    train = _images(rng, num_train, side)
-    synthetic = _images(rng, num_synthetic, side)
-    picked = _plant(rng, train, synthetic, 16)
+  sizes = ((64, 40, 500), (64, 100, 2000)) if args.small else ((256, 256, 4000), (64, 1000, 20000))
+  cases = []
+  for side, num_synthetic, num_train in sizes:
+    cases.append((f"{side}x{side} {num_synthetic} x {num_train}", _images(rng, num_train, side),
+                  _images(rng, num_synthetic, side)))
+  synthetic, train = _phantom_case(rng, 98, 400)
+  cases.append(("phantoms 98 x 400", train, synthetic))
+  mni152 = _mni152_case(rng)
+  if mni152 is None:
+    _skip("exactness", "MNI152 slices: nilearn is not installed")
+  else:
+    cases.append((f"MNI152 uint16 {len(mni152[0])} x {len(mni152[1])}", mni152[1], mni152[0]))
+  for case, train, synthetic in cases:
+    copies = min(16, len(synthetic) // 2)
+    picked = _plant(rng, train, synthetic, copies)
     reference = _float64_top_k(synthetic, train, 5)
     for precision in ("auto", "bfloat16x3", "float32"):
       kernel = correlation.search_correlation(synthetic, train, 5, mesh=mesh, precision=precision,
@@ -134,14 +171,15 @@ def check_exactness(args) -> None:
       result = correlation.search_correlation(synthetic, train, 5, mesh=mesh, precision=precision)
       kernel_error = float(np.max(np.abs(kernel.values - reference)))
       error = float(np.max(np.abs(result.values - reference)))
-      copies = float(result.values[:16, 0].min())
-      found = bool(np.all(result.indices[:32, 0] == picked))
-      name = f"{side}x{side} {num_synthetic} x {num_train} {precision} ({result.precision})"
-      emit("exactness", f"{name}: largest difference from float64", error, target="<= 1e-5",
-           ok=error <= 1e-5 or precision != "auto", kernel_alone=kernel_error,
-           kernel_lowest_exact_copy=float(kernel.values[:16, 0].min()))
-      emit("exactness", f"{name}: lowest exact copy", copies, target=">= 1 - 1e-6",
-           ok=(copies >= 1 - 1e-6 and found) or precision != "auto", copies_found=found)
+      lowest = float(result.values[:copies, 0].min())
+      # The exact copies' sources (a noisy copy of a slice may match its neighbour better).
+      found = bool(np.all(result.indices[:copies, 0] == picked[:copies]))
+      name = f"{case} {precision} ({result.precision})"
+      emit("exactness", f"{name}: largest difference from float64", error, target="<= 1e-9",
+           ok=error <= 1e-9, kernel_alone=kernel_error, searched_again=result.searched_again,
+           kernel_lowest_exact_copy=float(kernel.values[:copies, 0].min()))
+      emit("exactness", f"{name}: lowest exact copy", lowest, target="== 1",
+           ok=lowest == 1.0 and found, copies_found=found)
 
 
 def _torch_search(torch, synthetic_host, train_host, k: int, block: int = 4096):

@@ -22,8 +22,9 @@ flattened, mean-centred, unit-norm vectors, so the search is a matrix product fo
   them where they are fast and a probe search on that kind of device has proven them exact. The
   split is rounded on the bits, so that no compiler rewrite of a conversion pair (XLA on GPUs
   keeps excess precision) can take its low half away.
-* Matches within REFINE_BAND of 1, where "copy" or "nearly" is the verdict, are rescored in
-  float64 (as faiss's IndexRefine reranks): an exact copy scores 1.
+* The kernel keeps spare candidates, and every candidate is rescored in float64 (as faiss's
+  IndexRefine reranks), with a proof that the spare ones were enough (search.py): every value
+  reported is the float64 correlation, and an exact copy scores 1.
 * How much goes to a device at once is a `SearchBudget` (kernels.py): cache-sized tiles on CPUs;
   on GPUs and TPUs tiles and chunks of thousands of rows for the matrix units, blocks staged
   through pinned host memory, and a training set that fits kept on the device across synthetic
@@ -56,7 +57,7 @@ from memjax.memorization.kernels import search_budget  # noqa: F401
 from memjax.memorization.kernels import SearchBudget  # noqa: F401
 from memjax.memorization.precision import PRECISIONS  # noqa: F401
 from memjax.memorization.precision import resolve_precision  # noqa: F401
-from memjax.memorization.search import REFINE_BAND  # noqa: F401
+from memjax.memorization.search import SPARE_CANDIDATES  # noqa: F401
 from memjax.memorization.search import SearchResult
 
 
@@ -73,8 +74,8 @@ def top_k_correlation(synthetic: Any, train: Any, k: int = 1, *, block_size: int
                       mesh: Mesh | None = None, **kwargs) -> tuple[np.ndarray, np.ndarray]:
   """For every synthetic image, its k most correlated training images, exactly.
 
-  Returns (values, indices), both (N_synthetic, k): Pearson correlations descending (float32,
-  within 1e-5 of float64; 1 for an exact copy), and int64 indices into `train`. A synthetic image
+  Returns (values, indices), both (N_synthetic, k): Pearson correlations descending (float64
+  values; 1 for an exact copy), and int64 indices into `train`. A synthetic image
   with zero variance has NaN values and indices -1; a training image with zero variance is never
   matched.
   """

@@ -59,8 +59,8 @@ def holdout_threshold(holdout_max: np.ndarray, percentile: float = 95.0,
   return Threshold(value=value, rule="holdout_percentile", description=description)
 
 
-# Exact copies come out within 1e-5 of 1 (float32 rounding), so a threshold above this would miss
-# some of them.
+# A threshold this close to 1 flags only exact copies (which score exactly 1) and near-exact ones:
+# a calibration that lands here has a holdout set of copies (see calibrate_threshold).
 MAX_THRESHOLD = 0.99999
 
 

@@ -83,7 +83,7 @@ def embed(images: Any, embed_fn: EmbedFunction, *, batch_size: int = DEFAULT_BAT
 class EmbeddingSearchResult:
   """What the embedding detector found.
 
-  values: (N_synthetic, k) float32 Pearson correlations of embeddings, descending (1 - Dar et
+  values: (N_synthetic, k) float64 Pearson correlations of embeddings, descending (1 - Dar et
     al.'s 'correlation' distance); NaN where undefined (a constant embedding).
   indices: (N_synthetic, k) int64 into the training set; -1 where values is NaN.
   threshold: the decision rule (the holdout rule when a holdout set was given, else fixed).

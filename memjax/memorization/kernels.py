@@ -285,18 +285,24 @@ def _l2_scores(synthetic: tuple[jax.Array, ...], tile: jax.Array, tile_index: ja
 
 def _correlation_scores(synthetic: tuple[jax.Array, ...], synthetic_sum: jax.Array,
                         tile: jax.Array, tile_index: jax.Array, centred: bool
-                        ) -> tuple[jax.Array, jax.Array]:
-  """Pearson correlations of the query rows with one tile of reference rows; statuses."""
+                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Pearson correlations of the query rows with one tile of reference rows; statuses; and the
+  tile's error scale (see `_tile_top_k`)."""
   raw = not centred and (len(synthetic) == 1 or tile.dtype in (jnp.uint8, jnp.int8))
   mean, inverse_norm, status = _row_statistics(tile, _MAX_OFFSET_RATIO if raw else None)
   status = jnp.where(tile_index < 0, jnp.int8(PADDING), status)
   if not raw:
     products = _products(synthetic, tile.astype(jnp.float32) - mean[:, None])
+    error_scale = jnp.float32(1.0)
   else:
     products = _products(synthetic, tile) - synthetic_sum[:, None] * mean[None, :]
+    # |t| / |t - mean(t)| of the rows scored: what the raw product's rounding is relative to.
+    ratio = jnp.abs(mean) * inverse_norm * jnp.sqrt(jnp.float32(tile.shape[1]))
+    error_scale = jnp.max(jnp.where(status == OK, jnp.sqrt(1.0 + jnp.square(ratio)), 1.0))
   scores = products * inverse_norm[None, :]
   # Rounding can take an exact copy a hair past 1; a correlation never is.
-  return jnp.where((status == OK)[None, :], jnp.clip(scores, -1.0, 1.0), -jnp.inf), status
+  scores = jnp.where((status == OK)[None, :], jnp.clip(scores, -1.0, 1.0), -jnp.inf)
+  return scores, status, error_scale
 
 
 def _tile_top_k(synthetic: tuple[jax.Array, ...], synthetic_sum: jax.Array, tile: jax.Array,
@@ -313,12 +319,16 @@ def _tile_top_k(synthetic: tuple[jax.Array, ...], synthetic_sum: jax.Array, tile
   float32 copy that the split makes anyway.
   The "l2" metric scores 2 q.r - |r|^2 instead (`_l2_scores`). With `exclude` (one reference
   index per query, -1 for none) that reference is left out of the query's candidates.
-  Returns values and training indices (num_synthetic, min(k, tile rows)) and the tile's statuses.
+  Returns values and training indices (num_synthetic, min(k, tile rows)), the tile's statuses,
+  and its error scale: the largest |t| / |t - mean(t)| of its scored rows (1 for a centred tile,
+  0 for "l2"), which bounds the products' rounding relative to 1 (`search.score_error_bound`).
   """
   if metric == "l2":
     scores, status = _l2_scores(synthetic, tile, tile_index)
+    error_scale = jnp.float32(0.0)
   else:
-    scores, status = _correlation_scores(synthetic, synthetic_sum, tile, tile_index, centred)
+    scores, status, error_scale = _correlation_scores(synthetic, synthetic_sum, tile,
+                                                      tile_index, centred)
   if exclude is not None:  # each query's own reference is no candidate
     scores = jnp.where(tile_index[None, :] == exclude[:, None], -jnp.inf, scores)
   num_synthetic, rows = scores.shape
@@ -335,7 +345,8 @@ def _tile_top_k(synthetic: tuple[jax.Array, ...], synthetic_sum: jax.Array, tile
   candidate_index = tile_index.reshape(num_groups, group_size)[best_groups]
   candidate_index = candidate_index.reshape(num_synthetic, num_best_groups * group_size)
   values, positions = lax.top_k(candidates, min(k, num_best_groups * group_size))
-  return values, jnp.take_along_axis(candidate_index, positions, axis=1), status
+  return (values, jnp.take_along_axis(candidate_index, positions, axis=1), status,
+          jnp.asarray(error_scale, jnp.float32))
 
 
 def _merge_top_k(values_a, index_a, values_b, index_b, k):
@@ -352,7 +363,8 @@ def compile_kernels(mesh: Mesh, plan: SearchPlan, centred: bool, precision: str,
   """The jitted kernels for one mesh and one plan: normalize query rows, and one block step.
 
   The block step takes (best values, best indices, query operands, query sums, block, block
-  indices) and, with `excluding`, each query's excluded reference index last.
+  indices) and, with `excluding`, each query's excluded reference index last; it returns the new
+  best values and indices, the block's statuses and each device's error scale (`_tile_top_k`).
   """
   rows = PartitionSpec(mesh.axis_names)
   replicated = parallel.replicated(mesh)
@@ -370,23 +382,23 @@ def compile_kernels(mesh: Mesh, plan: SearchPlan, centred: bool, precision: str,
 
     def scan_tile(carry, xs):
       tile_rows, tile_index = xs
-      values, index, status = _tile_top_k(synthetic, synthetic_sum, tile_rows, tile_index, k,
-                                          centred, metric, exclude)
-      return _merge_top_k(*carry, values, index, k), status
+      values, index, status, error_scale = _tile_top_k(
+          synthetic, synthetic_sum, tile_rows, tile_index, k, centred, metric, exclude)
+      return _merge_top_k(*carry, values, index, k), (status, error_scale)
 
     carry = (best_values[0], best_index[0])
     if plan.tiles_per_device == 1:  # the default: no loop to compile
-      carry, status = scan_tile(carry, (tiles[0], tile_indices[0]))
+      carry, (status, error_scale) = scan_tile(carry, (tiles[0], tile_indices[0]))
     else:
-      carry, status = lax.scan(scan_tile, carry, (tiles, tile_indices))
+      carry, (status, error_scale) = lax.scan(scan_tile, carry, (tiles, tile_indices))
     values, index = carry
-    return values[None], index[None], status.reshape(-1)
+    return values[None], index[None], status.reshape(-1), jnp.max(error_scale).reshape(1)
 
   in_specs = (rows, rows, PartitionSpec(), PartitionSpec(), rows, rows)
   if excluding:
     in_specs += (PartitionSpec(),)
   sharded_block = jax.shard_map(local_block, mesh=mesh, in_specs=in_specs,
-                                out_specs=(rows, rows, rows))
+                                out_specs=(rows, rows, rows, rows))
   block_step = jax.jit(sharded_block, donate_argnums=(0, 1))
   return normalize_synthetic, block_step
 

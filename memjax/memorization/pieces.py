@@ -16,7 +16,7 @@ image size:
   pieces of (centred, unit synthetic piece) . (centred training piece) / norm, each piece product
   a float32 matrix product on the device (HIGHEST precision), summed in float64 on the host.
 * A running top-k per synthetic image is merged on the host with the search's tie rule (the lower
-  training index wins), and matches within REFINE_BAND of 1 are rescored in float64 as always.
+  training index wins); the candidates are rescored in float64 as always (search.py).
 
 It runs on one device: images this large are few, and reading them dominates.
 """
@@ -148,7 +148,7 @@ def search_in_pieces(synthetic: sources_lib.ImageSource, train: sources_lib.Imag
   """The exact top-k correlation search, tiled along the pixels (see the module docstring).
 
   Returns values, indices (N_synthetic, k) and the synthetic and training status codes, as
-  `streaming.stream` does.
+  `streaming.stream` does, and the pixels per piece (each piece's product is a float32 sum).
   """
   image_size = int(np.prod(train.shape))
   row_bytes = image_size * max(np.dtype(synthetic.dtype).itemsize,
@@ -198,4 +198,4 @@ def search_in_pieces(synthetic: sources_lib.ImageSource, train: sources_lib.Imag
   finally:
     bar.close()
   return (np.concatenate(all_values), np.concatenate(all_index), synthetic_status,
-          train_status)
+          train_status, piece)

@@ -78,7 +78,7 @@ def _probe_split_products(device: jax.Device) -> tuple[float, float]:
     synthetic[16:] = rng.permutation(synthetic[16:].reshape(-1)).reshape(16, 48, 48)
     plan = kernels.plan_search(len(synthetic), len(train), synthetic[0].size, 4, 1,
                                budget=kernels.search_budget(mesh))
-    values, _, _, _ = streaming.stream(  # the kernel's own values, as every search computes them
+    values, *_ = streaming.stream(  # the kernel's own values, as every search computes them
         sources_lib.ArraySource(synthetic), sources_lib.ArraySource(train), plan, mesh,
         precision="bfloat16x3")
     ranked = -np.sort(-(streaming.unit_rows_float64(synthetic)

@@ -16,9 +16,16 @@ metrics, and written once:
 What differs is how exact the kernel's values are, and what is refined afterwards, as faiss's
 IndexRefine reranks candidates with exact distances:
 
-* "correlation": Pearson correlation over all pixels/voxels and channels. Products in float32 or
-  as split bfloat16 products (`precision`), within 1e-5 of float64; matches within REFINE_BAND of
-  1, where "copy" or "nearly" is the verdict, are rescored in float64, so an exact copy scores 1.
+* "correlation": Pearson correlation over all pixels/voxels and channels. The kernel ranks by
+  products in float32 or split bfloat16 (`precision`) and keeps SPARE_CANDIDATES more candidates
+  than asked; every candidate is then rescored in float64 from the source (`rescore`) and the k
+  best by float64 value (ties to the lower index) are reported: every value is the float64
+  Pearson correlation, and an exact copy scores 1. The spare candidates are enough when a bound
+  proves it: the kernel's score of any pair is within `score_error_bound` of its float64 value,
+  so a reference the kernel did not keep scores at most (the kernel's last kept score + bound),
+  and when the k-th float64 value beats that, no reference left out could be among the k best.
+  Queries without that proof are searched again with four times the candidates, until the
+  proof holds or every reference is a candidate (`_exact_top_k`).
   Images with zero variance have no correlation and are reported (NaN values, index -1).
 * "l2": Euclidean distance over all values. The kernel ranks by float32 2 q.r - |r|^2 and keeps
   L2_EXTRA_CANDIDATES more candidates than asked; every candidate's distance is then formed
@@ -45,24 +52,27 @@ from memjax.memorization import streaming
 from memjax.memorization.kernels import METRICS
 from memjax.memorization.precision import resolve_precision
 
-REFINE_BAND = 1e-4  # correlations scored at 1 - REFINE_BAND or more are rescored in float64
-_MAX_REFINED_PAIRS = 1 << 20
+SPARE_CANDIDATES = 16  # candidates beyond k that the correlation kernel keeps for the rescoring
 L2_EXTRA_CANDIDATES = 8  # candidates beyond k that the l2 kernel keeps for the exact rescoring
 _EXACT_BYTES = 256 << 20  # float64 bytes of query and candidate rows held at once when rescoring
+_PAIRS_AT_ONCE = 512  # pairs whose float64 rows are gathered at once for their products
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
   """The outcome of a search.
 
-  values: (N_queries, k), best first: for "correlation" float32 Pearson correlations, descending,
+  values: (N_queries, k), best first: for "correlation" float64 Pearson correlations, descending,
     NaN where none is defined (a query with zero variance, or fewer than k references with
     nonzero variance); for "l2" float64 Euclidean distances, ascending, inf where fewer than k
     references are left.
   indices: (N_queries, k) int64 into the references; -1 where there is no value.
   zero_variance_synthetic, zero_variance_train: indices of the queries and references that have
     no correlation (always empty for "l2").
-  precision: the products used ("float32" or "bfloat16x3"); num_devices: the mesh's size.
+  precision: the products that ranked the candidates ("float32" or "bfloat16x3"); num_devices:
+    the mesh's size.
+  searched_again: queries whose spare candidates were not proven enough and which were searched
+    again with more ("correlation" only).
   """
   values: np.ndarray
   indices: np.ndarray
@@ -71,6 +81,7 @@ class SearchResult:
   precision: str = "float32"
   num_devices: int = 1
   metric: str = "correlation"
+  searched_again: int = 0
 
 
 def as_source(data: Any, role: str) -> sources_lib.ImageSource:
@@ -104,12 +115,15 @@ def search(queries: Any, references: Any, k: int = 1, *, metric: str = "correlat
     progress, description, names: a progress bar, its text, and the two sets' names in messages.
     budget: device memory to use (default `kernels.search_budget(mesh)`); resident: keep the
       references on the devices across query chunks (default: where they fit in the budget).
-    refine: "correlation" only: rescore matches within REFINE_BAND of 1 in float64.
+    refine: "correlation" only: report float64 values (rescored candidates); False reports the
+      kernel's own scores (its float32 estimates), for benchmarks and tests of the kernel.
     memory_bytes: the most memory the search may hold (default budget.max_bytes, 2 GB on CPUs):
       "correlation" searches of images too large for it run tiled along the pixels (pieces.py).
   """
   if metric not in METRICS:
     raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+  if k < 1:
+    raise ValueError(f"k must be at least 1, got {k}")
   queries = as_source(queries, names[0])
   references = as_source(references, names[1])
   sources_lib.check_same_shape(queries, references)
@@ -129,7 +143,8 @@ def search(queries: Any, references: Any, k: int = 1, *, metric: str = "correlat
     kernel_k = min(k + L2_EXTRA_CANDIDATES, num_references)
     precision = "float32"
   else:
-    kernel_k = min(k, num_references)  # pad at the end; plan_search rejects k < 1
+    spare = SPARE_CANDIDATES if refine else 0
+    kernel_k = min(k + spare, num_references)  # pad at the end; plan_search rejects k < 1
     precision = resolve_precision(precision, mesh)
   budget = budget if budget is not None else kernels.search_budget(mesh)
   if memory_bytes is not None:
@@ -137,56 +152,230 @@ def search(queries: Any, references: Any, k: int = 1, *, metric: str = "correlat
   image_size = int(np.prod(references.shape))
   itemsize = max(streaming.transfer_dtype(queries).itemsize,
                  streaming.transfer_dtype(references).itemsize)
+  settings = dict(precision=precision, exclude=exclude, progress=progress,
+                  description=description or f"{names[0]} vs {names[1]}", names=names,
+                  block_size=block_size, tile_size=tile_size, synthetic_chunk=synthetic_chunk,
+                  budget=budget, resident=resident, mesh=mesh)
+  if metric == "l2":
+    values, index, _, _, plan = _kernel_search(queries, references, kernel_k, "l2", **settings)
+    distances, index = _nearest_exactly(queries, references, index, k)
+    return SearchResult(values=distances, indices=index,
+                        zero_variance_synthetic=np.zeros(0, np.int64),
+                        zero_variance_train=np.zeros(0, np.int64), precision="float32",
+                        num_devices=plan.num_devices, metric=metric)
+  values, index, query_status, reference_status, plan, bound = _kernel_search(
+      queries, references, kernel_k, "correlation", **settings)
+  searched_again = 0
+  if refine:
+    values, index, searched_again = _exact_top_k(queries, references, values, index, k,
+                                                 bound, settings)
+  elif kernel_k < k:
+    values, index = streaming.merge_candidates(values, index, k)  # pads with NaN and -1
+  no_correlation = query_status != kernels.OK
+  values[no_correlation] = np.nan
+  index[no_correlation] = -1
+  return SearchResult(
+      values=values, indices=index,
+      zero_variance_synthetic=np.flatnonzero(query_status == kernels.ZERO_VARIANCE),
+      zero_variance_train=np.flatnonzero(reference_status == kernels.ZERO_VARIANCE),
+      precision=plan.precision, num_devices=plan.num_devices, metric="correlation",
+      searched_again=searched_again)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ran:
+  """What ran: the products and the number of devices."""
+  precision: str
+  num_devices: int
+
+
+def _kernel_search(queries, references, kernel_k, metric, *, precision, exclude, progress,
+                   description, names, block_size, tile_size, synthetic_chunk, budget, resident,
+                   mesh):
+  """The kernels' pass: each query's kernel_k best candidates by the kernel's scores.
+
+  Returns the kernel's values and indices, the query and reference statuses, what ran, and (for
+  "correlation") `score_error_bound` of the kernel's scores.
+  """
+  image_size = int(np.prod(references.shape))
+  itemsize = max(streaming.transfer_dtype(queries).itemsize,
+                 streaming.transfer_dtype(references).itemsize)
   if metric == "correlation" and pieces.needs_pieces(image_size, itemsize,
                                                      parallel.mesh_size(mesh), budget):
-    values, index, query_status, reference_status = pieces.search_in_pieces(
+    values, index, query_status, reference_status, piece = pieces.search_in_pieces(
         queries, references, kernel_k, budget, mesh.devices.flat[0], exclude=exclude,
-        progress=progress, description=description or f"{names[0]} vs {names[1]}",
-        names=names)
-    return _correlation_result(queries, references, values, index, query_status,
-                               reference_status, k, kernel_k, refine, precision="float32",
-                               num_devices=1)
-  plan = kernels.plan_search(len(queries), num_references, image_size, kernel_k,
+        progress=progress, description=description, names=names)
+    # Each piece's float32 product is summed in float64: the rounding of one piece's sum.
+    bound = score_error_bound(piece, 1.0, "float32")
+    return values, index, query_status, reference_status, _Ran("float32", 1), bound
+  plan = kernels.plan_search(len(queries), len(references), image_size, kernel_k,
                              parallel.mesh_size(mesh), block_size=block_size,
                              tile_size=tile_size, synthetic_chunk=synthetic_chunk, budget=budget)
   if resident is None:
     resident = (plan.num_synthetic_chunks > 1 and streaming.device_bytes(
         plan, streaming.transfer_dtype(references)) <= budget.resident_bytes)
   settings = dict(precision=precision, metric=metric, exclude=exclude, progress=progress,
-                  description=description or f"{names[0]} vs {names[1]}", names=names,
-                  staging=budget.staging, resident=resident,
-                  read_ahead=queries is not references)
-  values, index, query_status, reference_status = streaming.stream(
+                  description=description, names=names, staging=budget.staging,
+                  resident=resident, read_ahead=queries is not references)
+  values, index, query_status, reference_status, error_scale = streaming.stream(
       queries, references, plan, mesh, **settings)
+  ran = _Ran(precision, plan.num_devices)
   if metric == "l2":
-    distances, index = _nearest_exactly(queries, references, index, k)
-    return SearchResult(values=distances, indices=index,
-                        zero_variance_synthetic=np.zeros(0, np.int64),
-                        zero_variance_train=np.zeros(0, np.int64), precision=precision,
-                        num_devices=plan.num_devices, metric=metric)
-
-  values, index = _recentred(queries, references, values, index, reference_status, plan,
-                             mesh, budget, kernel_k, settings)
-  return _correlation_result(queries, references, values, index, query_status,
-                             reference_status, k, kernel_k, refine, precision=precision,
-                             num_devices=plan.num_devices)
+    return values, index, query_status, reference_status, ran
+  values, index, recentred_scale = _recentred(queries, references, values, index,
+                                              reference_status, plan, mesh, budget, kernel_k,
+                                              settings)
+  bound = score_error_bound(image_size, max(error_scale, recentred_scale), precision)
+  return values, index, query_status, reference_status, ran, bound
 
 
-def _correlation_result(queries, references, values, index, query_status, reference_status, k,
-                        kernel_k, refine, *, precision, num_devices) -> SearchResult:
-  """Pads to k, marks queries without a correlation, refines near-exact matches."""
-  if kernel_k < k:
-    values, index = streaming.merge_candidates(values, index, k)  # pads with NaN and -1
-  no_correlation = query_status != kernels.OK
-  values[no_correlation] = np.nan
-  index[no_correlation] = -1
-  if refine:
-    values, index = refine_near_exact(values, index, queries, references)
-  return SearchResult(
-      values=values, indices=index,
-      zero_variance_synthetic=np.flatnonzero(query_status == kernels.ZERO_VARIANCE),
-      zero_variance_train=np.flatnonzero(reference_status == kernels.ZERO_VARIANCE),
-      precision=precision, num_devices=num_devices, metric="correlation")
+def score_error_bound(image_size: int, error_scale: float, precision: str) -> float:
+  """How far a kernel's correlation score can be from the float64 value, at most.
+
+  A float32 sum of n products, accumulated in any order (XLA's and BLAS's blocked, FMA-fused
+  orders included), is within gamma_n = n u / (1 - n u) (u = 2^-24) of sum_i |a_i b_i| of the
+  exact sum (Higham, Accuracy and Stability of Numerical Algorithms, section 3.1). The kernel's
+  products are of a unit, centred query row and a reference row t scaled by 1 / |t - mean(t)|,
+  so sum_i |a_i b_i| <= |t| / |t - mean(t)| (Cauchy-Schwarz): the error scale, 1 for a centred
+  row and sqrt(1 + (mean / std)^2) for a raw one (at most 32 by kernels._MAX_OFFSET_RATIO). The
+  mean correction, the normalizations and the query row's own rounding add a few u more, and
+  split bfloat16 products drop terms below 2^-16 of each operand (3 x 2^-16 of the sum); the
+  bound doubles the sum of these terms and adds 1e-7. It is a worst case: the errors seen are
+  about sqrt(n) u, hundreds of times smaller.
+  """
+  unit = 2.0 ** -24
+  terms = image_size + 16
+  gamma = terms * unit / (1 - terms * unit)
+  split = 3 * 2.0 ** -16 if precision == "bfloat16x3" else 0.0
+  return 2 * (gamma + split) * max(error_scale, 1.0) + 1e-7
+
+
+def _exact_top_k(queries, references, values, index, k, bound, settings):
+  """Each query's k best candidates by float64 value, proven to be the k best of all references.
+
+  `values` and `index` are the kernel's candidates (best first by its scores). Candidates are
+  rescored in float64 best first: the first k + 2, then the rest of the queries whose proof needs
+  them. Any reference not rescored scored at most the last rescored candidate's kernel score, so
+  a query is proven once its k-th float64 value beats that score by `bound`, or once every usable
+  reference was rescored. A query not proven by all of its kernel's candidates is searched again
+  with four times as many. Returns values, indices (N, k) and how many queries were searched
+  again.
+  """
+  count = len(queries)
+  exact_values = np.full((count, k), np.nan)
+  exact_index = np.full((count, k), -1, np.int64)
+  pending = np.arange(count)
+  current = queries
+  searched_again = np.zeros(count, bool)
+  while True:
+    kernel_k = values.shape[1]
+    first = min(k + 2, kernel_k)
+    rescored = np.full(values.shape, np.nan)
+    rescored[:, :first] = rescore(current, references, index[:, :first])
+    proven = _proven(values, index, rescored, first, k, bound, len(references))
+    more = np.flatnonzero(~proven)
+    if more.size and first < kernel_k:
+      rescored[more, first:] = rescore(sources_lib.IndexedSource(current, more), references,
+                                       index[more, first:])
+      proven[more] = _proven(values[more], index[more], rescored[more], kernel_k, k, bound,
+                             len(references))
+    order = np.lexsort((np.where(index >= 0, index, np.iinfo(np.int64).max),
+                        -np.nan_to_num(rescored, nan=-np.inf)), axis=1)[:, :k]
+    best = np.take_along_axis(rescored, order, axis=1)
+    best_index = np.take_along_axis(np.asarray(index, np.int64), order, axis=1)
+    kept = best.shape[1]
+    exact_values[pending, :kept] = best
+    exact_index[pending, :kept] = np.where(np.isnan(best), -1, best_index)
+    if proven.all():
+      return exact_values, exact_index, int(searched_again.sum())
+    pending = pending[~proven]
+    searched_again[pending] = True
+    current = sources_lib.IndexedSource(queries, pending)
+    exclude = settings["exclude"]
+    subset_settings = {**settings, "exclude": None if exclude is None else exclude[pending],
+                       "description": f"{settings['description']} (more candidates)",
+                       "synthetic_chunk": None}
+    values, index, *_ = _kernel_search(current, references,
+                                       min(4 * kernel_k, len(references)), "correlation",
+                                       **subset_settings)
+
+
+def _proven(values, index, rescored, rescored_columns, k, bound, num_references):
+  """Which rows' k best float64 values (among the first `rescored_columns` candidates) are the
+  k best of all references (see `_exact_top_k`)."""
+  kernel_k = values.shape[1]
+  last_score = values[:, rescored_columns - 1].astype(np.float64)
+  # No kernel score in the last rescored slot: every usable reference was rescored.
+  complete = ~np.isfinite(last_score) | (index[:, rescored_columns - 1] < 0)
+  if rescored_columns == kernel_k and kernel_k >= num_references:
+    complete[:] = True
+  if k > rescored_columns:
+    return complete
+  kth = -np.sort(-np.nan_to_num(rescored[:, :rescored_columns], nan=-np.inf), axis=1)[:, k - 1]
+  return complete | (kth > last_score + bound)
+
+
+def rescore(queries: sources_lib.ImageSource, references: sources_lib.ImageSource,
+            candidates: np.ndarray) -> np.ndarray:
+  """The float64 Pearson correlation of each query with each of its candidates (N, c); NaN
+  where the candidate is -1 or either image has zero variance.
+
+  Rows are read from the sources once per chunk of queries (at most _EXACT_BYTES of float64 at
+  once). Pixels that float32 holds exactly (8- and 16-bit, float16, float32) are exact in
+  float64 and are centred there; wider ones are first shifted and scaled so that any finite
+  input keeps its texture (`streaming.shifted_rows_float64`). Images too large for a chunk are
+  rescored pair by pair, piece by piece. An exact copy scores exactly 1.
+  """
+  count, width = candidates.shape
+  out = np.full((count, width), np.nan)
+  row_size = int(np.prod(references.shape))
+  if 8 * row_size * 2 > _EXACT_BYTES:  # huge images: a pair at a time, in pixel pieces
+    for row in range(count):
+      query = queries.read(row, row + 1, dtype=None)
+      for column in np.flatnonzero(candidates[row] >= 0):
+        match = int(candidates[row, column])
+        out[row, column] = pieces.exact_correlation(query,
+                                                    references.read(match, match + 1, dtype=None))
+    return out
+  step = max(1, _EXACT_BYTES // (8 * row_size * (width + 1)))
+  for start in range(0, count, step):
+    stop = min(start + step, count)
+    chunk = candidates[start:stop]
+    needed = np.unique(chunk[chunk >= 0])
+    if not needed.size:
+      continue
+    query_rows, query_norms = _centred_rows(queries.read(start, stop, dtype=None))
+    reference_rows, reference_norms = _centred_rows(
+        sources_lib.IndexedSource(references, needed).read(0, needed.size, dtype=None))
+    positions = np.searchsorted(needed, np.maximum(chunk, 0))
+    pair_query, pair_column = np.nonzero(chunk >= 0)
+    pair_reference = positions[pair_query, pair_column]
+    values = np.empty(pair_query.size)
+    for first in range(0, pair_query.size, _PAIRS_AT_ONCE):
+      part = slice(first, first + _PAIRS_AT_ONCE)
+      values[part] = np.einsum("ij,ij->i", query_rows[pair_query[part]],
+                               reference_rows[pair_reference[part]])
+    with np.errstate(invalid="ignore", divide="ignore"):
+      values /= query_norms[pair_query] * reference_norms[pair_reference]
+    # r(x, x) = 1: a copy scores exactly 1, not 1 less the float64 sum's last bit.
+    for pair in np.flatnonzero(values >= 1 - 1e-12):
+      if np.array_equal(reference_rows[pair_reference[pair]], query_rows[pair_query[pair]]):
+        values[pair] = 1.0
+    out[start + pair_query, pair_column] = values
+  out[candidates < 0] = np.nan
+  out[~np.isfinite(out)] = np.nan  # zero variance: no correlation
+  return np.clip(out, -1.0, 1.0)
+
+
+def _centred_rows(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Rows (N, size) in float64 minus their means, and their norms (0 for a constant row)."""
+  if np.dtype(images.dtype) in streaming.NARROW_DTYPES:
+    rows = images.reshape(len(images), -1).astype(np.float64)
+  else:
+    rows = streaming.shifted_rows_float64(images)
+  rows -= rows.mean(axis=1, keepdims=True)
+  norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+  return rows, norms
 
 
 def _recentred(queries, references, values, index, reference_status, plan, mesh, budget,
@@ -195,7 +384,7 @@ def _recentred(queries, references, values, index, reference_status, plan, mesh,
   (large offset under little texture: status RECENTRE), and merges them in."""
   recentre = np.flatnonzero(reference_status == kernels.RECENTRE)
   if not recentre.size:
-    return values, index
+    return values, index, 0.0
   subset = sources_lib.IndexedSource(references, recentre)
   subset_plan = kernels.plan_search(len(queries), len(subset), plan.image_size,
                                     min(kernel_k, len(subset)), plan.num_devices,
@@ -208,38 +397,14 @@ def _recentred(queries, references, values, index, reference_status, plan, mesh,
     exclude = np.where(found, position, -1).astype(np.int32)
   subset_settings = {**settings, "exclude": exclude, "precision": "float32",
                      "description": f"{settings['description']} (re-centred)"}
-  subset_values, subset_index, _, subset_status = streaming.stream(
+  subset_values, subset_index, _, subset_status, error_scale = streaming.stream(
       queries, subset, subset_plan, mesh, centred=True, **subset_settings)
   reference_status[recentre] = subset_status
   subset_index = np.where(subset_index >= 0, recentre[np.maximum(subset_index, 0)], -1)
-  return streaming.merge_candidates(np.concatenate([values, subset_values], axis=1),
-                                    np.concatenate([index, subset_index], axis=1), kernel_k)
-
-
-def refine_near_exact(values: np.ndarray, index: np.ndarray, synthetic: sources_lib.ImageSource,
-                      train: sources_lib.ImageSource) -> tuple[np.ndarray, np.ndarray]:
-  """Rescores every correlation within REFINE_BAND of 1 in float64, and re-sorts its row.
-
-  A float32 matrix product of long vectors rounds by a few 1e-6 (its sums run over every pixel),
-  enough to score an exact copy 0.999997: within the search's 1e-5, but a privacy officer reads
-  "1.000000" as "a copy" and "0.999997" as "nearly one". The band around 1 is where that
-  difference is the verdict, so its matches are recomputed exactly: an exact copy then scores 1.
-  Near copies are rare, and each costs two image reads (piece by piece in float64: memory does
-  not grow with the image); past _MAX_REFINED_PAIRS the values are left as the search found them.
-  """
-  rows, columns = np.nonzero(np.nan_to_num(values, nan=-np.inf) >= 1 - REFINE_BAND)
-  if not rows.size or rows.size > _MAX_REFINED_PAIRS:
-    return values, index
-  values = values.copy()
-  for row in np.unique(rows):
-    query = synthetic.read(int(row), int(row) + 1, dtype=None)
-    for column in columns[rows == row]:
-      match = int(index[row, column])
-      values[row, column] = pieces.exact_correlation(
-          query, train.read(match, match + 1, dtype=None))
-    order = np.lexsort((index[row], -values[row]))
-    values[row], index[row] = values[row][order], index[row][order]
-  return values, index
+  values, index = streaming.merge_candidates(np.concatenate([values, subset_values], axis=1),
+                                             np.concatenate([index, subset_index], axis=1),
+                                             kernel_k)
+  return values, index, error_scale
 
 
 def _nearest_exactly(queries: sources_lib.ImageSource, references: sources_lib.ImageSource,

@@ -26,7 +26,7 @@ from memjax.memorization.kernels import NON_FINITE
 from memjax.memorization.kernels import SearchPlan
 
 # Exactly representable in float32: these travel as stored.
-_NARROW = (np.uint8, np.int8, np.uint16, np.int16, np.float16, np.float32)
+NARROW_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.float16, np.float32)
 
 
 def shifted_piece(rows: np.ndarray, start: int, stop: int,
@@ -76,14 +76,14 @@ def conditioned_rows(images: np.ndarray) -> np.ndarray:
 def transfer_dtype(source: sources_lib.ImageSource) -> np.dtype:
   """The dtype pixels travel in: the stored one when float32 holds it exactly, else float32."""
   dtype = np.dtype(source.dtype)
-  return dtype if dtype in _NARROW else np.dtype(np.float32)
+  return dtype if dtype in NARROW_DTYPES else np.dtype(np.float32)
 
 
 def read_rows_into(source: sources_lib.ImageSource, start: int, stop: int, out: np.ndarray,
                    condition: bool) -> None:
   """Images [start, stop) into `out` (stop - start, image size), conditioned where asked and the
   stored dtype is one float32 cannot hold."""
-  if condition and np.dtype(source.dtype) not in _NARROW:
+  if condition and np.dtype(source.dtype) not in NARROW_DTYPES:
     out[:] = conditioned_rows(source.read(start, stop, dtype=None))
   else:
     source.read_into(start, stop, out.reshape((stop - start,) + tuple(source.shape)))
@@ -293,14 +293,6 @@ class QueryChunks:
     self._pool.shutdown(wait=True)
 
 
-def transfer_dtype(source: sources_lib.ImageSource) -> np.dtype:
-  """The dtype pixels travel in: the stored one when float32 holds it exactly, else float32."""
-  dtype = np.dtype(source.dtype)
-  if dtype in (np.uint8, np.int8, np.uint16, np.int16, np.float16, np.float32):
-    return dtype
-  return np.dtype(np.float32)
-
-
 def _device_major(values: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Per-device candidate lists (devices, N, k) side by side as (N, devices * k)."""
   num_devices, n, per = values.shape
@@ -343,8 +335,8 @@ def stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """One pass over the reference set per query chunk: streamed, or from the devices' copy.
 
-  Returns the kernel's values (scores, best first) and indices (N_queries, plan.k), and the
-  query and reference status codes. `exclude`: (N_queries,) int32 reference index each query
+  Returns the kernel's values (scores, best first) and indices (N_queries, plan.k), the
+  query and reference status codes, and the largest error scale of the blocks (kernels.py). `exclude`: (N_queries,) int32 reference index each query
   must not match (-1: none). Rows of dtypes float32 cannot hold are conditioned for
   "correlation" (`conditioned_rows`); "l2" takes them as float32 (its candidates are rescored).
   """
@@ -355,6 +347,7 @@ def stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
   per_slot = plan.k
 
   all_values, all_index = [], []
+  error_scales = []
   synthetic_status = np.zeros(plan.num_synthetic, np.int8)
   train_status = np.zeros(plan.num_train, np.int8)
   progress_bar = _progress_bar(plan, description, progress)
@@ -383,9 +376,11 @@ def stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
                         train, progress_bar, count, names)
 
       for start, stop, block, block_index in passes.blocks():
-        best_values, best_index, block_status = block_step(
+        best_values, best_index, block_status, block_error_scale = block_step(
             best_values, best_index, synthetic_operands, synthetic_sum, block, block_index,
             *extra)
+        if first_chunk:
+          error_scales.append(block_error_scale)
         in_flight.append((start, stop, block_status))
         if len(in_flight) > 1:  # wait for the block before: at most two blocks live at once
           collect()
@@ -399,8 +394,10 @@ def stream(synthetic: sources_lib.ImageSource, train: sources_lib.ImageSource,
     chunks.close()
     reader.close()
     progress_bar.close()
+  error_scale = max((float(np.max(parallel.to_host(scale))) for scale in error_scales),
+                    default=0.0)
   return (np.concatenate(all_values), np.concatenate(all_index), synthetic_status,
-          train_status)
+          train_status, error_scale)
 
 
 def _collect_status(start, stop, block_status, train_status, plan, train, progress_bar,
