@@ -82,8 +82,11 @@ def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: Any, train: An
                                    item.threshold, num_pairs, item.holdout_max_correlation)
     detections.append(dataclasses.replace(item, values=values[:, None], indices=best[:, None],
                                           threshold=float(item.threshold)))
-  redaction = redaction_lib.policy(redact_training_images, [
-      redaction_lib.Score(d.measure, d.max_correlation, d.threshold) for d in detections])
+  scores = [redaction_lib.Score(d.measure, d.max_correlation, d.threshold) for d in detections]
+  if redact_training_images:
+    pixel = [d.threshold for d in detections if d.measure == "correlation"]
+    scores.append(redaction_lib.transformed_score(synthetic, train, pixel[0] if pixel else None))
+  redaction = redaction_lib.policy(redact_training_images, scores)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
 

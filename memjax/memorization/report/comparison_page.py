@@ -224,17 +224,22 @@ def write_comparison_report(path: str | pathlib.Path, *, models: Sequence[ModelA
   """
   threshold = float(threshold)
   shown = []
+  # The transform-tolerant scores that redaction always needs, once per model.
+  transformed = [redaction_lib.transformed_score(m.synthetic, train, threshold) if redact
+                 else None for m in models]
   for n, m in enumerate(models):
     redaction = redaction_lib.policy(redact, [redaction_lib.Score(
-        "correlation", m.max_correlation, threshold)])
+        "correlation", m.max_correlation, threshold)] + ([transformed[n]] if redact else []))
     pairs = sections.detector_pairs(
         synthetic=m.synthetic, train=train, values=m.max_correlation,
         best=np.asarray(m.best_index, np.int64), threshold=threshold, measure="correlation",
         num_pairs=num_pairs, redaction=redaction)
     shown.append(dict(name=m.name, pairs=pairs, flagged_id=f"flagged-table-{n}"))
+  joined = lambda values: np.concatenate([np.asarray(v, np.float64).reshape(-1) for v in values])
   everything = redaction_lib.policy(redact, [redaction_lib.Score(
-      "correlation", np.concatenate([np.asarray(m.max_correlation, np.float64).reshape(-1)
-                                     for m in models]), threshold)])
+      "correlation", joined(m.max_correlation for m in models), threshold)] + (
+          [redaction_lib.Score(redaction_lib.TRANSFORMED, joined(t.values for t in transformed),
+                               threshold)] if redact else []))
   grids = []
   if everything.shows_sample_grids:
     for m in models:

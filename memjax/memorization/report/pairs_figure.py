@@ -61,8 +61,11 @@ def pairs_figure(synthetic: Any, train: Any, max_correlation: np.ndarray,
   words = text.words(measure)
   correlation = np.asarray(max_correlation, dtype=np.float64).reshape(-1)
   if redaction is None:
-    redaction = redaction_lib.policy(redact_training_images,
-                                     [redaction_lib.Score(measure, correlation, threshold)])
+    scores = [redaction_lib.Score(measure, correlation, threshold)]
+    if redact_training_images:
+      scores.append(redaction_lib.transformed_score(
+          synthetic, train, threshold if measure == "correlation" else None))
+    redaction = redaction_lib.policy(redact_training_images, scores)
   chosen = top_pairs(correlation, num_pairs)
   if chosen.size == 0:
     fig = Figure(figsize=(PAIRS_WIDTH_IN, 2.0), dpi=figures.DPI)

@@ -1,14 +1,14 @@
 """The one redaction policy of every report page and figure.
 
 With redaction on (`--config.audit.redact_training_images=true`), a page and the figures written
-beside it hold no training pixels. Training images are never read: they appear by id only. No
+beside it hold no training pixels. Training images are never drawn: they appear by id only. No
 intensity scatter plot is drawn, since it plots a training image's pixel values. A synthetic
-image that correlates at 0.90 or more with a training image (or at or above the threshold, if
-that is lower) is itself a near copy of training pixels and is withheld: the pixel detector's
-maximum correlation decides where it was computed; where only the embedding detector ran, every
-synthetic image whose embedding correlation reaches the same bar is withheld, and where both
-ran, an image is withheld if either reaches its bar. Sample grids are left out. What remains:
-histograms and scatter plots of correlation values, ids, and synthetic images below the bar.
+image that resembles a training image at 0.90 or more (or at or above the threshold, if that is
+lower) is withheld, by every detector that ran and always by the transform-tolerant correlation
+(`transformed_score`: flips, turns by 90 degrees and shifts, exactly), so that a flipped or
+shifted copy of a training image is withheld like an aligned one. Sample grids are left out.
+What remains: histograms and scatter plots of correlation values, ids, and synthetic images below
+the bar.
 """
 
 from __future__ import annotations
@@ -18,13 +18,18 @@ from typing import Sequence
 
 import numpy as np
 
+from memjax.memorization import transformed as transformed_lib
+
 WITHHOLD_LEVEL = 0.90
+TRANSFORMED = "transformed"
+_WORDS = {"correlation": "r", "embedding": "embedding r",
+          TRANSFORMED: "r under a flip, turn or shift"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Score:
   """One detector's best correlation per synthetic image and its threshold."""
-  measure: str  # "correlation" (pixels) or "embedding"
+  measure: str  # "correlation" (pixels), "embedding" or TRANSFORMED
   values: np.ndarray
   threshold: float
 
@@ -55,7 +60,7 @@ class Redaction:
 
   def withheld_text(self, i: int) -> str:
     """Why synthetic image `i` is withheld, for the panel that stands in for it."""
-    reasons = [f"{'r' if s.measure == 'correlation' else 'embedding r'} ≥ {s.bar:.2f}"
+    reasons = [f"{_WORDS[s.measure]} ≥ {s.bar:.2f}"
                for s in self.scores if np.nan_to_num(s.values[int(i)], nan=-np.inf) >= s.bar]
     return "withheld: " + " and ".join(reasons) + " with a training image"
 
@@ -65,20 +70,31 @@ class Redaction:
       return ""
     bars = {s.measure: s.bar for s in self.scores}
     text = ("Redacted: no training pixels appear on this page. Training images are named by "
-            "their ids and never read, intensity scatter plots are hidden, and sample grids are "
-            "left out. Synthetic images are withheld where ")
+            "their ids and never drawn, intensity scatter plots are hidden, and sample grids "
+            "are left out. A synthetic image is withheld where ")
     conditions = []
     if "correlation" in bars:
-      conditions.append(f"their pixel correlation with a training image is "
+      conditions.append(f"its pixel correlation with a training image is "
                         f"{bars['correlation']:.2f} or more")
     if "embedding" in bars:
-      conditions.append(f"their embedding correlation with a training image is "
+      conditions.append(f"its embedding correlation with a training image is "
                         f"{bars['embedding']:.2f} or more")
-    text += " or ".join(conditions) + ": such an image is a near copy of training pixels."
+    conditions.append(f"its pixel correlation with a training image, flipped, turned by 90 "
+                      f"degrees or shifted, is {bars[TRANSFORMED]:.2f} or more")
+    text += (" or ".join(conditions) + ": it resembles a training image that closely, which "
+             "does not make every such image a copy.")
     if "correlation" not in bars:
-      text += (" No pixel correlation was computed, so the embedding detector's value decides, "
-               "whatever the pixels.")
+      text += (" No pixel correlation was computed by the audit, so the embedding detector's "
+               "value and the transform-tolerant correlation decide.")
     return text + f" {int(self.withheld.sum())} synthetic images are withheld."
+
+
+def transformed_score(synthetic, train, threshold: float | None) -> Score:
+  """The transform-tolerant correlation of every synthetic image (`transformed.py`), with the
+  pixel detector's threshold where there is one (else the withholding level decides)."""
+  match = transformed_lib.best_transformed_match(synthetic, train)
+  return Score(TRANSFORMED, match.values,
+               WITHHOLD_LEVEL if threshold is None else float(threshold))
 
 
 def policy(enabled: bool, scores: Sequence[Score]) -> Redaction:
@@ -87,6 +103,9 @@ def policy(enabled: bool, scores: Sequence[Score]) -> Redaction:
                  for s in scores)
   if not scores:
     raise ValueError("redaction needs at least one detector's scores")
+  if enabled and TRANSFORMED not in {s.measure for s in scores}:
+    raise ValueError("a redacted page needs the transform-tolerant scores (transformed_score): "
+                     "a flipped or shifted copy must be withheld too")
   withheld = np.zeros(scores[0].values.shape, bool)
   for score in scores:
     withheld |= np.nan_to_num(score.values, nan=-np.inf) >= score.bar
