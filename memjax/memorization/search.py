@@ -337,17 +337,10 @@ def rescore(queries: sources_lib.ImageSource, references: sources_lib.ImageSourc
         out[row, column] = pieces.exact_correlation(query,
                                                     references.read(match, match + 1, dtype=None))
     return out
-  step = max(1, _EXACT_BYTES // (8 * row_size * (width + 1)))
-  for start in range(0, count, step):
-    stop = min(start + step, count)
-    chunk = candidates[start:stop]
-    needed = np.unique(chunk[chunk >= 0])
-    if not needed.size:
-      continue
-    query_rows, query_norms = _centred_rows(queries.read(start, stop, dtype=None))
-    reference_rows, reference_norms = _centred_rows(
-        sources_lib.IndexedSource(references, needed).read(0, needed.size, dtype=None))
-    positions = np.searchsorted(needed, np.maximum(chunk, 0))
+  for start, chunk, query_images, reference_images, positions in _candidate_rows(
+      queries, references, candidates, dtype=None):
+    query_rows, query_norms = _centred_rows(query_images)
+    reference_rows, reference_norms = _centred_rows(reference_images)
     pair_query, pair_column = np.nonzero(chunk >= 0)
     pair_reference = positions[pair_query, pair_column]
     values = np.empty(pair_query.size)
@@ -365,6 +358,24 @@ def rescore(queries: sources_lib.ImageSource, references: sources_lib.ImageSourc
   out[candidates < 0] = np.nan
   out[~np.isfinite(out)] = np.nan  # zero variance: no correlation
   return np.clip(out, -1.0, 1.0)
+
+
+def _candidate_rows(queries, references, candidates, dtype):
+  """Yields (start, candidates[start:stop], query images [start, stop), the candidates' images
+  (each read once, in index order), each candidate's position among them), for chunks of
+  queries holding at most _EXACT_BYTES of float64 rows."""
+  count, width = candidates.shape
+  row_size = int(np.prod(references.shape))
+  step = max(1, _EXACT_BYTES // (8 * row_size * (width + 1)))
+  for start in range(0, count, step):
+    stop = min(start + step, count)
+    chunk = candidates[start:stop]
+    needed = np.unique(chunk[chunk >= 0])
+    if not needed.size:
+      continue
+    yield (start, chunk, queries.read(start, stop, dtype=dtype),
+           sources_lib.IndexedSource(references, needed).read(0, needed.size, dtype=dtype),
+           np.searchsorted(needed, np.maximum(chunk, 0)))
 
 
 def _centred_rows(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -413,21 +424,12 @@ def _nearest_exactly(queries: sources_lib.ImageSource, references: sources_lib.I
 
   The candidates' rows are read once per chunk of queries (at most _EXACT_BYTES at once).
   """
-  count, width = candidates.shape
-  row_size = int(np.prod(references.shape))
-  squared = np.full((count, width), np.inf)
-  step = max(1, _EXACT_BYTES // (8 * row_size * (width + 1)))
-  for start in range(0, count, step):
-    stop = min(start + step, count)
-    chunk = candidates[start:stop]
-    needed = np.unique(chunk[chunk >= 0])
-    if not needed.size:
-      continue
-    query_rows = queries.read(start, stop, dtype=np.float64).reshape(stop - start, -1)
-    reference_rows = sources_lib.IndexedSource(references, needed).read(
-        0, needed.size, dtype=np.float64).reshape(needed.size, -1)
-    positions = np.searchsorted(needed, np.maximum(chunk, 0))
-    for i in range(stop - start):
+  squared = np.full(candidates.shape, np.inf)
+  for start, chunk, query_rows, reference_rows, positions in _candidate_rows(
+      queries, references, candidates, dtype=np.float64):
+    query_rows = query_rows.reshape(len(chunk), -1)
+    reference_rows = reference_rows.reshape(len(reference_rows), -1)
+    for i in range(len(chunk)):
       difference = query_rows[i][None, :] - reference_rows[positions[i]]
       squared[start + i] = np.einsum("ij,ij->i", difference, difference)
   squared[candidates < 0] = np.inf
