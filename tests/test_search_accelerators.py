@@ -227,7 +227,7 @@ def test_every_value_is_the_float64_correlation(rng, precision):
 
 def test_candidates_the_bound_cannot_separate_are_searched_again(rng):
   # 120 references within about 1e-6 of each other: the float32 ranking cannot tell them apart
-  # (the bound is about 1e-4), so the 2 + 16 candidates are not proven enough for either query;
+  # (the bound is about 1e-4), so the 2 + 8 candidates are not proven enough for either query;
   # both are searched again until every reference is a candidate, and the answer is float64's.
   mesh = parallel.data_mesh(4)
   base = rng.random((24, 24))

@@ -52,7 +52,7 @@ from memjax.memorization import streaming
 from memjax.memorization.kernels import METRICS
 from memjax.memorization.precision import resolve_precision
 
-SPARE_CANDIDATES = 16  # candidates beyond k that the correlation kernel keeps for the rescoring
+SPARE_CANDIDATES = 8  # candidates beyond k that the correlation kernel keeps for the rescoring
 L2_EXTRA_CANDIDATES = 8  # candidates beyond k that the l2 kernel keeps for the exact rescoring
 _EXACT_BYTES = 32 << 20  # float64 bytes of query and candidate rows held at once when rescoring
 _PAIRS_AT_ONCE = 256  # pairs whose float64 rows are gathered at once for their products
