@@ -17,6 +17,7 @@ import pytest
 from memjax import parallel
 from memjax.memorization import audit
 from memjax.memorization import result as result_lib
+from test_correlation import pearson_float64
 from tools import make_example_data
 
 K = 5
@@ -56,15 +57,9 @@ def mni152_slices():
 
 def float64_top_k(queries: np.ndarray, references: np.ndarray, k: int):
   """Values and indices of each query's k best Pearson correlations, ties to the lower index."""
-  a = queries.reshape(len(queries), -1).astype(np.float64)
-  b = references.reshape(len(references), -1).astype(np.float64)
-  a = a - a.mean(axis=1, keepdims=True)
-  b = b - b.mean(axis=1, keepdims=True)
-  a /= np.linalg.norm(a, axis=1, keepdims=True)
-  b /= np.linalg.norm(b, axis=1, keepdims=True)
-  correlations = a @ b.T
-  order = np.lexsort((np.broadcast_to(np.arange(len(b)), correlations.shape), -correlations),
-                     axis=1)[:, :k]
+  correlations = pearson_float64(queries, references)
+  order = np.lexsort((np.broadcast_to(np.arange(len(references)), correlations.shape),
+                      -correlations), axis=1)[:, :k]
   return np.take_along_axis(correlations, order, axis=1), order
 
 

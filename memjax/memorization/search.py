@@ -18,8 +18,9 @@ IndexRefine reranks candidates with exact distances:
 
 * "correlation": Pearson correlation over all pixels/voxels and channels. The kernel ranks by
   products in float32 or split bfloat16 (`precision`) and keeps SPARE_CANDIDATES more candidates
-  than asked; every candidate is then rescored in float64 from the source (`rescore`) and the k
-  best by float64 value (ties to the lower index) are reported: every value is the float64
+  than asked; the best candidates are rescored in float64 from the source (`rescore`: the first
+  k + 2, the rest only where the proof below needs them) and the k best by float64 value (ties
+  to the lower index) are reported: every value is the float64
   Pearson correlation, and an exact copy scores 1. The spare candidates are enough when a bound
   proves it: the kernel's score of any pair is within `score_error_bound` of its float64 value,
   so a reference the kernel did not keep scores at most (the kernel's last kept score + bound),
@@ -149,21 +150,18 @@ def search(queries: Any, references: Any, k: int = 1, *, metric: str = "correlat
   budget = budget if budget is not None else kernels.search_budget(mesh)
   if memory_bytes is not None:
     budget = dataclasses.replace(budget, max_bytes=int(memory_bytes))
-  image_size = int(np.prod(references.shape))
-  itemsize = max(streaming.transfer_dtype(queries).itemsize,
-                 streaming.transfer_dtype(references).itemsize)
   settings = dict(precision=precision, exclude=exclude, progress=progress,
                   description=description or f"{names[0]} vs {names[1]}", names=names,
                   block_size=block_size, tile_size=tile_size, synthetic_chunk=synthetic_chunk,
                   budget=budget, resident=resident, mesh=mesh)
   if metric == "l2":
-    values, index, _, _, plan = _kernel_search(queries, references, kernel_k, "l2", **settings)
+    values, index, _, _, ran = _kernel_search(queries, references, kernel_k, "l2", **settings)
     distances, index = _nearest_exactly(queries, references, index, k)
     return SearchResult(values=distances, indices=index,
                         zero_variance_synthetic=np.zeros(0, np.int64),
                         zero_variance_train=np.zeros(0, np.int64), precision="float32",
-                        num_devices=plan.num_devices, metric=metric)
-  values, index, query_status, reference_status, plan, bound = _kernel_search(
+                        num_devices=ran.num_devices, metric=metric)
+  values, index, query_status, reference_status, ran, bound = _kernel_search(
       queries, references, kernel_k, "correlation", **settings)
   searched_again = 0
   if refine:
@@ -178,7 +176,7 @@ def search(queries: Any, references: Any, k: int = 1, *, metric: str = "correlat
       values=values, indices=index,
       zero_variance_synthetic=np.flatnonzero(query_status == kernels.ZERO_VARIANCE),
       zero_variance_train=np.flatnonzero(reference_status == kernels.ZERO_VARIANCE),
-      precision=plan.precision, num_devices=plan.num_devices, metric="correlation",
+      precision=ran.precision, num_devices=ran.num_devices, metric="correlation",
       searched_again=searched_again)
 
 
