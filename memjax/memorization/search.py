@@ -19,12 +19,13 @@ IndexRefine reranks candidates with exact distances:
 * "correlation": Pearson correlation over all pixels/voxels and channels. The kernel ranks by
   products in float32 or split bfloat16 (`precision`) and keeps SPARE_CANDIDATES more candidates
   than asked; the best candidates are rescored in float64 from the source (`rescore`: the first
-  k + 2, the rest only where the proof below needs them) and the k best by float64 value (ties
+  k + 1, the rest only where the proof below needs them) and the k best by float64 value (ties
   to the lower index) are reported: every value is the float64
   Pearson correlation, and an exact copy scores 1. The spare candidates are enough when a bound
   proves it: the kernel's score of any pair is within `score_error_bound` of its float64 value,
-  so a reference the kernel did not keep scores at most (the kernel's last kept score + bound),
-  and when the k-th float64 value beats that, no reference left out could be among the k best.
+  so a reference not rescored scores at most the kernel's score of the first candidate not
+  rescored (of its last candidate, once all are) plus the bound, and when the k-th float64 value beats that, no
+  reference left out could be among the k best.
   Queries without that proof are searched again with four times the candidates, until the
   proof holds or every reference is a candidate (`_exact_top_k`).
   Images with zero variance have no correlation and are reported (NaN values, index -1).
@@ -39,7 +40,10 @@ folder, a file, a tfds: name) or an (N, D) float array of embeddings.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
@@ -54,6 +58,7 @@ from memjax.memorization.kernels import METRICS
 from memjax.memorization.precision import resolve_precision
 
 SPARE_CANDIDATES = 8  # candidates beyond k that the correlation kernel keeps for the rescoring
+FIRST_RESCORED = 1  # candidates beyond k rescored for every query; the rest only where needed
 L2_EXTRA_CANDIDATES = 8  # candidates beyond k that the l2 kernel keeps for the exact rescoring
 _EXACT_BYTES = 32 << 20  # float64 bytes of query and candidate rows held at once when rescoring
 _PAIRS_AT_ONCE = 256  # pairs whose float64 rows are gathered at once for their products
@@ -252,10 +257,10 @@ def _exact_top_k(queries, references, values, index, k, bound, settings):
   """Each query's k best candidates by float64 value, proven to be the k best of all references.
 
   `values` and `index` are the kernel's candidates (best first by its scores). Candidates are
-  rescored in float64 best first: the first k + 2, then the rest of the queries whose proof needs
-  them. Any reference not rescored scored at most the last rescored candidate's kernel score, so
-  a query is proven once its k-th float64 value beats that score by `bound`, or once every usable
-  reference was rescored. A query not proven by all of its kernel's candidates is searched again
+  rescored in float64 best first: the first k + FIRST_RESCORED, then the rest of the queries whose
+  proof needs them. Any reference not rescored scored at most the kernel score of the first
+  candidate not rescored (of the last candidate, once all are), so a query is proven once its
+  k-th float64 value beats that score by `bound`, or once every usable reference was rescored. A query not proven by all of its kernel's candidates is searched again
   with four times as many. Returns values, indices (N, k) and how many queries were searched
   again.
   """
@@ -267,7 +272,7 @@ def _exact_top_k(queries, references, values, index, k, bound, settings):
   searched_again = np.zeros(count, bool)
   while True:
     kernel_k = values.shape[1]
-    first = min(k + 2, kernel_k)
+    first = min(k + FIRST_RESCORED, kernel_k)
     rescored = np.full(values.shape, np.nan)
     rescored[:, :first] = rescore(current, references, index[:, :first])
     proven = _proven(values, index, rescored, first, k, bound, len(references))
@@ -300,17 +305,22 @@ def _exact_top_k(queries, references, values, index, k, bound, settings):
 
 def _proven(values, index, rescored, rescored_columns, k, bound, num_references):
   """Which rows' k best float64 values (among the first `rescored_columns` candidates) are the
-  k best of all references (see `_exact_top_k`)."""
+  k best of all references (see `_exact_top_k`).
+
+  A reference not rescored is either a later candidate, whose kernel score is at most the first
+  one not rescored, or no candidate at all, whose kernel score is at most the last candidate's.
+  """
   kernel_k = values.shape[1]
-  last_score = values[:, rescored_columns - 1].astype(np.float64)
-  # No kernel score in the last rescored slot: every usable reference was rescored.
-  complete = ~np.isfinite(last_score) | (index[:, rescored_columns - 1] < 0)
+  slot = min(rescored_columns, kernel_k - 1)
+  next_score = values[:, slot].astype(np.float64)
+  # No kernel score in that slot: every usable reference is among those rescored.
+  complete = ~np.isfinite(next_score) | (index[:, slot] < 0)
   if rescored_columns == kernel_k and kernel_k >= num_references:
     complete[:] = True
   if k > rescored_columns:
     return complete
   kth = -np.sort(-np.nan_to_num(rescored[:, :rescored_columns], nan=-np.inf), axis=1)[:, k - 1]
-  return complete | (kth > last_score + bound)
+  return complete | (kth > next_score + bound)
 
 
 def rescore(queries: sources_lib.ImageSource, references: sources_lib.ImageSource,
@@ -335,36 +345,60 @@ def rescore(queries: sources_lib.ImageSource, references: sources_lib.ImageSourc
         out[row, column] = pieces.exact_correlation(query,
                                                     references.read(match, match + 1, dtype=None))
     return out
-  for start, chunk, query_images, reference_images, positions in _candidate_rows(
-      queries, references, candidates, dtype=None):
-    query_rows, query_norms = _centred_rows(query_images)
-    reference_rows, reference_norms = _centred_rows(reference_images)
-    pair_query, pair_column = np.nonzero(chunk >= 0)
-    pair_reference = positions[pair_query, pair_column]
-    values = np.empty(pair_query.size)
-    for first in range(0, pair_query.size, _PAIRS_AT_ONCE):
-      part = slice(first, first + _PAIRS_AT_ONCE)
-      values[part] = np.einsum("ij,ij->i", query_rows[pair_query[part]],
-                               reference_rows[pair_reference[part]])
-    with np.errstate(invalid="ignore", divide="ignore"):
-      values /= query_norms[pair_query] * reference_norms[pair_reference]
-    # r(x, x) = 1: a copy scores exactly 1, not 1 less the float64 sum's last bit.
-    for pair in np.flatnonzero(values >= 1 - 1e-12):
-      if np.array_equal(reference_rows[pair_reference[pair]], query_rows[pair_query[pair]]):
-        values[pair] = 1.0
-    out[start + pair_query, pair_column] = values
+  # Chunks are read here, one at a time, and scored by a pool of threads (numpy's conversions and
+  # products release the GIL), one chunk per thread in flight and one read ahead.
+  threads = _rescoring_threads()
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    pending = collections.deque()
+    for chunk in _candidate_rows(queries, references, candidates, dtype=None):
+      pending.append(pool.submit(_rescore_chunk, *chunk))
+      if len(pending) > threads:
+        _store(out, *pending.popleft().result())
+    while pending:
+      _store(out, *pending.popleft().result())
   out[candidates < 0] = np.nan
   out[~np.isfinite(out)] = np.nan  # zero variance: no correlation
   return np.clip(out, -1.0, 1.0)
 
 
+def _rescoring_threads() -> int:
+  """Threads that rescore: the host's cores, at most 8."""
+  return max(1, min(8, os.cpu_count() or 1))
+
+
+def _rescore_chunk(start, chunk, query_images, reference_images, positions):
+  """Float64 correlations of one chunk's pairs: (start, pair rows, pair columns, values)."""
+  query_rows, query_norms = _centred_rows(query_images)
+  reference_rows, reference_norms = _centred_rows(reference_images)
+  pair_query, pair_column = np.nonzero(chunk >= 0)
+  pair_reference = positions[pair_query, pair_column]
+  values = np.empty(pair_query.size)
+  for first in range(0, pair_query.size, _PAIRS_AT_ONCE):
+    part = slice(first, first + _PAIRS_AT_ONCE)
+    values[part] = np.einsum("ij,ij->i", query_rows[pair_query[part]],
+                             reference_rows[pair_reference[part]])
+  with np.errstate(invalid="ignore", divide="ignore"):
+    values /= query_norms[pair_query] * reference_norms[pair_reference]
+  # r(x, x) = 1: a copy scores exactly 1, not 1 less the float64 sum's last bit.
+  for pair in np.flatnonzero(values >= 1 - 1e-12):
+    if np.array_equal(reference_rows[pair_reference[pair]], query_rows[pair_query[pair]]):
+      values[pair] = 1.0
+  return start, pair_query, pair_column, values
+
+
+def _store(out, start, pair_query, pair_column, values):
+  out[start + pair_query, pair_column] = values
+
+
 def _candidate_rows(queries, references, candidates, dtype):
   """Yields (start, candidates[start:stop], query images [start, stop), the candidates' images
   (each read once, in index order), each candidate's position among them), for chunks of
-  queries holding at most _EXACT_BYTES of float64 rows."""
+  queries small enough that one per rescoring thread and one more hold at most _EXACT_BYTES of
+  float64 rows."""
   count, width = candidates.shape
   row_size = int(np.prod(references.shape))
-  step = max(1, _EXACT_BYTES // (8 * row_size * (width + 1)))
+  # The rescoring's threads each hold a chunk, and the reader one more: together _EXACT_BYTES.
+  step = max(1, _EXACT_BYTES // (_rescoring_threads() + 1) // (8 * row_size * (width + 1)))
   for start in range(0, count, step):
     stop = min(start + step, count)
     chunk = candidates[start:stop]

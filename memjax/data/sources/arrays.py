@@ -84,6 +84,9 @@ class IndexedSource(base.ImageSource):
 
   def _read_block_into(self, start: int, stop: int, out: np.ndarray) -> None:
     wanted = self._indices[start:stop]
+    if isinstance(self._source, ArraySource):  # in memory: one gather
+      np.copyto(out, self._source._array[wanted], casting="unsafe")  # pylint: disable=protected-access
+      return
     run_start = 0
     while run_start < wanted.size:
       run_stop = run_start + 1
