@@ -33,10 +33,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.audit.num_pairs = 8  # most correlated pairs shown in pairs.png and the report
   config.audit.redact_training_images = False  # a report with no training pixels
   config.audit.progress = True
-  # "correlation" (pixels, Akbar et al.), "embedding" (a contrastive encoder's embeddings, Dar et
-  # al.) or "both"; the embedding detector needs the work dir of a trained contrastive encoder
-  # (configs/*_contrastive.py), its latest checkpoint unless encoder_step is given.
-  config.audit.detector = "correlation"
+  # the detectors, comma-separated: "correlation" (pixels, Akbar et al.), "transformed" (pixels
+  # under flips, turns by 90 degrees and shifts, exactly), "embedding" (a contrastive encoder's
+  # embeddings, Dar et al.; needs the work dir of a trained encoder, configs/*_contrastive.py, its
+  # latest checkpoint unless encoder_step is given)
+  config.audit.detectors = "correlation"
+  config.audit.detector = ""  # deprecated: the old single setting ("both": correlation,embedding)
+  config.audit.max_shift = config_dict.placeholder(int)  # "transformed": None = 1/8 of the side
   config.audit.encoder = ""
   config.audit.encoder_step = config_dict.placeholder(int)
 

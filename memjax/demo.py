@@ -159,7 +159,8 @@ def _train(options: ml_collections.ConfigDict, workdir: pathlib.Path
 def _audit(config: ml_collections.ConfigDict, out: pathlib.Path, inputs: dict[str, Any],
            images: dict[str, Any], holdout_max: np.ndarray | None) -> list[Any]:
   """Audits images["synthetic"] against images["train"] into `out` unless `out` holds an audit
-  of the same inputs; returns its results (one `AuditResult`, pixel correlation).
+  of the same inputs; returns its results (`AuditResult`s: pixel correlation, then the
+  transform-tolerant correlation).
 
   `holdout_max`: the training-vs-holdout maxima of an earlier model's audit (the same two sets),
   so that the calibration search runs once per demo, not once per model.
@@ -175,7 +176,8 @@ def _audit(config: ml_collections.ConfigDict, out: pathlib.Path, inputs: dict[st
   options = audit_lib.AuditOptions.from_config(config.audit)
   audit = audit_lib.run_audit(
       out, synthetic=images["synthetic"], train=images["train"], holdout=images["holdout"],
-      options=dataclasses.replace(options, detector="correlation"),
+      options=dataclasses.replace(options, detectors=("correlation", "transformed"),
+                                  detector=None),
       mesh=parallel.data_mesh(config.audit.num_devices or None),
       holdout_max_correlation=holdout_max,
       extra_outputs={_AUDIT_INPUTS: json.dumps(inputs, indent=2) + "\n"})
@@ -249,9 +251,11 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
               "audit_downsample": data.downsample, "holdout": holdout_spec, "k": int(audit.k),
               "holdout_percentile": float(audit.holdout_percentile),
               "precision": audit.precision, "num_pairs": int(audit.num_pairs),
-              "redact_training_images": bool(audit.redact_training_images)}
-    result = _audit(config, audit_dir, inputs,
-                    {"synthetic": synthetic, "train": train, "holdout": holdout}, holdout_max)[0]
+              "redact_training_images": bool(audit.redact_training_images),
+              "detectors": "correlation,transformed"}
+    results = _audit(config, audit_dir, inputs,
+                     {"synthetic": synthetic, "train": train, "holdout": holdout}, holdout_max)
+    result = results[0]
     holdout_max = result.holdout_max_correlation
     detector = audit_lib.detector_summary(result, synthetic, train)
     figures = {
@@ -268,6 +272,9 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
         "samples": str(samples),
         "audit": str(audit_dir),
     }
+    if len(results) > 1:  # flipped, turned or shifted copies (the "transformed" detector)
+      figures["fraction_memorized_transformed"] = audit_lib.detector_summary(
+          results[1], synthetic, train)["fraction_memorized"]
     models[name] = figures
     audits.append((report.ModelAudit(name, synthetic, result, figures), detector))
 

@@ -76,12 +76,12 @@ def audit(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
              if inputs["holdout_images"] else None)
   mesh = parallel.data_mesh(settings.num_devices or None)
   embed_fn = None
-  if options.detector != "correlation" and settings.get("encoder"):
+  if "embedding" in options.detector_names and settings.get("encoder"):
     _check_encoder_dir(settings.encoder)
     from memjax.train import contrastive  # pylint: disable=g-import-not-at-top
     embed_fn = contrastive.load_embedder(settings.encoder, mesh=mesh,
                                          step=settings.get("encoder_step"))
-  audit_lib.check_detector(options.detector, embed_fn)
+  audit_lib.check_detector(options.detector_names, embed_fn)
   return audit_lib.run_audit(
       workdir, synthetic=synthetic, train=train, holdout=holdout, options=options, mesh=mesh,
       embed_fn=embed_fn, extra_outputs={"config.json": config.to_json_best_effort(indent=2)})

@@ -135,7 +135,8 @@ def test_both_detectors_find_their_copies_and_write_both(tmp_path, planted):
              >= np.percentile(calibration[measure], 95.0) for measure in expected}
   assert flagged["correlation"][:2].tolist() == [True, False]
   assert flagged["embedding"][:2].tolist() == [True, True]
-  assert summary["detector"] == "both" and summary["detectors"]["embedding"]["encoder"] == "|FFT|"
+  assert summary["detector"] == "correlation,embedding"
+  assert summary["detectors"]["embedding"]["encoder"] == "|FFT|"
   assert (summary["num_memorized"] == summary["detectors"]["correlation"]["num_memorized"]
           == flagged["correlation"].sum())
   assert summary["detectors"]["embedding"]["num_memorized"] == flagged["embedding"].sum()

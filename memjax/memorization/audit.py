@@ -1,25 +1,29 @@
 """The audit: search, calibrate a threshold, and write what a person and a program need to read.
 
-Two detectors, alone or together (`detector`): "correlation", the maximum Pearson correlation over
-all pixels/voxels (Akbar, Wang & Eklund 2025), and "embedding", the maximum Pearson correlation of
-a contrastive encoder's embeddings (Dar et al. 2023), which also finds shifted, flipped and
-slightly rotated copies. Each is thresholded by the same rule: calibrated on a holdout set of real
-images, or fixed.
+Detectors are plug-ins (memorization/plugins), any of them in one audit (`detectors`):
+"correlation", the maximum Pearson correlation over all pixels/voxels (Akbar, Wang & Eklund 2025);
+"embedding", the maximum Pearson correlation of a contrastive encoder's embeddings (Dar et al.
+2023); "transformed", the maximum Pearson correlation under the image grid's flips, turns by 90
+degrees and shifts, exactly. Each is thresholded by the same rule: calibrated on a holdout set of
+real images, or fixed.
 
 Writes into the output folder:
   matches.csv   k rows per synthetic image: synthetic,rank,train,correlation,memorized for pixel
-                correlation; embedding_train,embedding_correlation,embedding_memorized for the
-                embedding detector (after the pixel columns when both ran); `memorized` on the
-                rank-1 rows
+                correlation; the same three columns with the detector's prefix for each other
+                detector (embedding_train, ..., transformed_memorized), in the order they ran;
+                `memorized` on the rank-1 rows
   correlations.npz  the same as arrays: values and indices (N_synthetic, k), the threshold, and
                 each training image's max correlation with the holdout set when one is given;
-                the embedding detector's under the same names prefixed `embedding_`
+                the other detectors' under the same names with their prefix (`embedding_`,
+                `transformed_`; the transform of each match as transformed_detail_symmetry and
+                transformed_detail_shift)
   embeddings.npz  the embeddings searched (synthetic, train, holdout), with the embedding detector
   summary.json  counts, the threshold and its rule, fraction memorized, quantiles, zero-variance ids
                 of the first detector at the top level; every detector's under `detectors`, and
-                with both, how often they agree (`agreement`)
-  histogram.png, pairs.png, report.html (see the `report` package); with both detectors also
-                histogram_embedding.png, pairs_embedding.png and agreement.png
+                with two, how often they agree (`agreement`)
+  histogram.png, pairs.png, report.html (see the `report` package); every detector after the
+                first adds histogram<suffix>.png and pairs<suffix>.png (_embedding,
+                _transformed), and with two detectors, agreement.png
 """
 
 from __future__ import annotations
@@ -43,32 +47,34 @@ from memjax import parallel
 from memjax.data import sources as sources_lib
 from memjax.memorization import detectors
 from memjax.memorization import embedding as embedding_lib
+from memjax.memorization import plugins
 from memjax.memorization import precision as precision_lib
 from memjax.memorization import report as report_lib
 from memjax.memorization import search as search_lib
 from memjax.memorization.result import AuditResult
 
 _MAX_IDS_LISTED = 100
-DETECTORS = ("correlation", "embedding", "both")
-_MEASURE = {
-    "correlation": "maximum Pearson correlation over all pixels/voxels and channels",
-    "embedding": ("maximum Pearson correlation of contrastive embeddings (Dar et al. 2023; 1 "
-                  "minus their 'correlation' distance)"),
-}
+DETECTORS = plugins.names()
 # A held-out image whose best training match is this close to 1 is that training image, not a
 # different patient: it is left out of the calibration (`_calibrate`).
 OVERLAP_TOLERANCE = 1e-6
 # Every file an audit writes; a re-run removes those it does not write again.
 AUDIT_FILES = ("matches.csv", "correlations.npz", "embeddings.npz", "summary.json",
-               "histogram.png", "pairs.png", "report.html", "histogram_embedding.png",
-               "pairs_embedding.png", "agreement.png")
+               "histogram.png", "pairs.png", "report.html", "agreement.png") + tuple(
+                   f"{figure}{plugins.get(name).words['file_suffix']}.png"
+                   for name in plugins.names() for figure in ("histogram", "pairs")
+                   if plugins.get(name).words["file_suffix"])
 
 
 @dataclasses.dataclass(frozen=True)
 class AuditOptions:
   """How an audit searches, decides and reports; `from_config(config.audit)` builds it.
 
-  detector: "correlation" (pixels), "embedding" (a contrastive encoder's embeddings) or "both".
+  detectors: the detectors that run, by their registered names (memorization/plugins):
+    "correlation" (pixels), "embedding" (a contrastive encoder's embeddings), "transformed"
+    (pixels under flips, turns by 90 degrees and shifts); a tuple or "a,b".
+  detector: deprecated, the old single setting ("correlation", "embedding" or "both"); when
+    given it wins over `detectors`, with a warning for "both".
   k: training matches kept per synthetic image (at most the training set's size).
   threshold: the fixed threshold, used without a holdout set.
   holdout_percentile: Dar et al.'s rule, with a holdout set.
@@ -80,8 +86,10 @@ class AuditOptions:
   encoder_description: the embedding detector's encoder, as the summary names it.
   memory_gb: the most memory a search may hold; images too large for it are searched in pieces
     of their pixels (memorization/pieces.py), so the audit fits whatever the image size.
+  max_shift: the "transformed" detector's largest shift in pixels (None: an eighth of the side).
   """
-  detector: str = "correlation"
+  detectors: tuple[str, ...] | str = ("correlation",)
+  detector: str | None = None
   k: int = 1
   threshold: float = 0.95
   holdout_percentile: float = 95.0
@@ -92,18 +100,29 @@ class AuditOptions:
   progress: bool = True
   encoder_description: str | None = None
   memory_gb: float = 2.0
+  max_shift: int | None = None
+
+  @property
+  def detector_names(self) -> tuple[str, ...]:
+    """The detectors that run, in order (a ValueError for an unknown name)."""
+    return plugins.parse(self.detector if self.detector is not None else self.detectors)
 
   @classmethod
   def from_config(cls, audit: Any) -> AuditOptions:
     """The options of `config.audit` (an ml_collections ConfigDict or a dict)."""
     get = audit.get
-    return cls(detector=get("detector", "correlation"), k=get("k", 1),
+    old = get("detector") or None
+    if old:
+      logging.warning("config.audit.detector is deprecated: use --config.audit.detectors=%s",
+                      ",".join(plugins.parse(old)))
+    return cls(detectors=get("detectors") or ("correlation",), detector=old, k=get("k", 1),
                threshold=get("threshold", 0.95),
                holdout_percentile=get("holdout_percentile", 95.0),
                block_size=get("block_size") or None, precision=get("precision", "auto"),
                num_pairs=get("num_pairs", 8),
                redact_training_images=bool(get("redact_training_images", False)),
-               progress=bool(get("progress", True)), memory_gb=get("memory_gb", 2.0))
+               progress=bool(get("progress", True)), memory_gb=get("memory_gb", 2.0),
+               max_shift=get("max_shift"))
 
   @property
   def memory_bytes(self) -> int:
@@ -111,7 +130,11 @@ class AuditOptions:
 
   def check(self, *, has_holdout: bool) -> None:
     """Raises ValueError naming the first setting that is wrong, before any work is done."""
-    _check_detector_name(self.detector)
+    self.detector_names  # pylint: disable=pointless-statement
+    if self.max_shift is not None and (isinstance(self.max_shift, bool) or not isinstance(
+        self.max_shift, (int, np.integer)) or self.max_shift < 0):
+      raise ValueError(f"config.audit.max_shift must be an integer of at least 0 (or None: an "
+                       f"eighth of the image's side), got {self.max_shift!r}")
     for name, low in (("k", 1), ("num_pairs", 0)):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -143,17 +166,12 @@ class Audit(dict):
     self.results = results
 
 
-def _check_detector_name(detector: str) -> None:
-  if detector not in DETECTORS:
-    raise ValueError(f"unknown detector {detector!r} (config.audit.detector); expected one of "
-                     f"{', '.join(DETECTORS)}")
-
-
-def check_detector(detector: str, embed_fn: Callable[[np.ndarray], np.ndarray] | None) -> None:
-  """Raises ValueError for an unknown detector or an embedding detector without an encoder."""
-  _check_detector_name(detector)
-  if detector != "correlation" and embed_fn is None:
-    raise ValueError(f"the {detector!r} detector needs a trained contrastive encoder: train one "
+def check_detector(detectors: str | tuple[str, ...],
+                   embed_fn: Callable[[np.ndarray], np.ndarray] | None) -> None:
+  """Raises ValueError for an unknown detector, or one that needs an encoder without it."""
+  needing = [name for name in plugins.parse(detectors) if plugins.get(name).needs_encoder]
+  if needing and embed_fn is None:
+    raise ValueError(f"the {needing[0]!r} detector needs a trained contrastive encoder: train one "
                      "with python launch.py --config=configs/demo_contrastive.py (or "
                      "cxr_/brats20_contrastive.py) --workdir=runs/encoder and give "
                      "--config.audit.encoder=runs/encoder")
@@ -183,7 +201,8 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
   options = dataclasses.replace(options or AuditOptions(), **changes)
   # Settings are checked before hours of searching, not after.
   options.check(has_holdout=holdout is not None)
-  check_detector(options.detector, embed_fn)
+  names = options.detector_names
+  check_detector(names, embed_fn)
   synthetic = sources_lib.open_source(synthetic)
   train = sources_lib.open_source(train)
   sources_lib.check_same_shape(synthetic, train)
@@ -195,7 +214,7 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
                     "matches per synthetic image", options.k, len(train), train.description,
                     len(train))
     options = dataclasses.replace(options, k=len(train))
-  if embed_fn is not None and options.detector != "correlation":
+  if embed_fn is not None and any(plugins.get(n).needs_encoder for n in names):
     # An encoder that cannot embed these images fails now, not after the pixel search.
     try:
       embedding_lib.embed(synthetic.read(0, 1, dtype=None), embed_fn)
@@ -206,20 +225,23 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
 
   overlap = None
   if (holdout is not None and holdout_max_correlation is None
-      and options.detector in ("correlation", "both")):
+      and not all(plugins.get(n).needs_encoder for n in names)):
+    # The pixel search of training against holdout images: the pixel detector's calibration, and
+    # for every pixel detector the check that no held-out image is a training image.
     holdout_max_correlation, holdout, overlap = _calibrate(train, holdout, options, mesh)
-  results, embedded = [], None
-  if options.detector in ("correlation", "both"):
-    results.append(_search_pixels(synthetic, train, holdout, options, mesh,
-                                  holdout_max_correlation))
-  if options.detector in ("embedding", "both"):
-    embedded, found = _search_embeddings(synthetic, train, holdout, options, mesh, embed_fn)
+  context = plugins.AuditContext(synthetic=synthetic, train=train, holdout=holdout,
+                                 options=options, mesh=mesh, embed_fn=embed_fn,
+                                 holdout_max_correlation=holdout_max_correlation)
+  results, files = [], {}
+  for name in names:
+    found, written = plugins.get(name).run(context)
     results.append(found)
+    files.update(written)
 
   summary = Audit(_summary(synthetic, train, holdout, results, options.k, overlap), results)
   if jax.process_index() != 0:  # every host holds the result; one writes it
     return summary
-  _write(pathlib.Path(out_dir), synthetic, train, holdout, results, embedded, summary, options,
+  _write(pathlib.Path(out_dir), synthetic, train, holdout, results, files, summary, options,
          extra_outputs or {})
   for item in results:
     logging.info("audit written to %s: %d of %d synthetic images memorized by %s (threshold "
@@ -272,61 +294,7 @@ def _calibrate(train, holdout, options: AuditOptions, mesh: Mesh):
   return calibration.values[:, 0], holdout, overlap
 
 
-def _checked_threshold(chosen: detectors.Threshold, holdout, measure: str) -> detectors.Threshold:
-  """A calibrated threshold at the exactness limit would pass exact copies: an error."""
-  if chosen.value >= detectors.MAX_THRESHOLD:
-    raise ValueError(
-        f"the {measure} threshold calibrated on {holdout.description} is {chosen.value:.6f}, at "
-        f"the limit of exactness ({detectors.MAX_THRESHOLD}): the held-out images are near-copies "
-        "of training images, so no copy could be detected. Give a holdout set of other patients' "
-        "images, or a fixed --config.audit.threshold without one")
-  return chosen
-
-
-def _search_pixels(synthetic, train, holdout, options: AuditOptions, mesh: Mesh,
-                   holdout_max: np.ndarray | None) -> AuditResult:
-  start = time.perf_counter()
-  result = search_lib.search(synthetic, train, options.k, block_size=options.block_size,
-                             mesh=mesh, precision=options.precision, progress=options.progress,
-                             description="synthetic vs training",
-                             memory_bytes=options.memory_bytes)
-  seconds = time.perf_counter() - start
-  if holdout is not None:
-    holdout_max = np.asarray(holdout_max)
-    if holdout_max.shape != (len(train),):
-      raise ValueError(f"holdout_max_correlation has shape {holdout_max.shape}; expected "
-                       f"({len(train)},), one value per image of {train.description}")
-    chosen = _checked_threshold(detectors.holdout_threshold(
-        holdout_max, options.holdout_percentile, len(holdout)), holdout, "pixel correlation")
-  else:
-    holdout_max = None
-    chosen = detectors.fixed_threshold(options.threshold)
-  return AuditResult("correlation", result.values, result.indices, chosen.value,
-                     chosen.description, chosen.rule, holdout_max_correlation=holdout_max,
-                     zero_variance_synthetic=result.zero_variance_synthetic,
-                     zero_variance_train=result.zero_variance_train, seconds=seconds,
-                     precision=result.precision, num_devices=result.num_devices)
-
-
-def _search_embeddings(synthetic, train, holdout, options: AuditOptions, mesh: Mesh, embed_fn):
-  start = time.perf_counter()
-  embedded = embedding_lib.search_embeddings(
-      synthetic, train, holdout, embed_fn=embed_fn, k=options.k, threshold=options.threshold,
-      holdout_percentile=options.holdout_percentile, mesh=mesh, precision=options.precision,
-      progress=options.progress)
-  if holdout is not None:
-    _checked_threshold(embedded.threshold, holdout, "embedding")
-  encoder = options.encoder_description or getattr(embed_fn, "description", None)
-  return embedded, AuditResult(
-      "embedding", embedded.values, embedded.indices, embedded.threshold.value,
-      embedded.threshold.description, embedded.threshold.rule,
-      holdout_max_correlation=embedded.holdout_max,
-      zero_variance_synthetic=embedded.zero_variance_synthetic,
-      zero_variance_train=embedded.zero_variance_train, seconds=time.perf_counter() - start,
-      precision=embedded.precision, num_devices=embedded.num_devices, encoder=encoder)
-
-
-def _write(out_dir: pathlib.Path, synthetic, train, holdout, results, embedded, summary,
+def _write(out_dir: pathlib.Path, synthetic, train, holdout, results, files, summary,
            options: AuditOptions, extra_outputs: dict[str, str]) -> None:
   """Every output into a staging folder, then into `out_dir` at once, summary.json last."""
   with outputs.Staging(out_dir, marker="summary.json", owned=AUDIT_FILES) as staging:
@@ -339,12 +307,9 @@ def _write(out_dir: pathlib.Path, synthetic, train, holdout, results, embedded, 
     with outputs.writing(out_dir / "correlations.npz",
                          sum(np.asarray(a).nbytes for a in arrays.values())):
       np.savez(folder / "correlations.npz", **arrays)
-    if embedded is not None:
-      vectors = {"synthetic": embedded.synthetic_embeddings, "train": embedded.train_embeddings}
-      if embedded.holdout_embeddings is not None:
-        vectors["holdout"] = embedded.holdout_embeddings
-      with outputs.writing(out_dir / "embeddings.npz", sum(v.nbytes for v in vectors.values())):
-        np.savez(folder / "embeddings.npz", **vectors)
+    for name, vectors in files.items():  # a detector's own arrays (embeddings.npz)
+      with outputs.writing(out_dir / name, sum(v.nbytes for v in vectors.values())):
+        np.savez(folder / name, **vectors)
     with outputs.writing(out_dir / "report.html"):
       report_lib.write_audit_report(
           folder, synthetic=synthetic, train=train, results=results,
@@ -361,8 +326,8 @@ def _write(out_dir: pathlib.Path, synthetic, train, holdout, results, embedded, 
 def _report_summary(summary: dict[str, Any]) -> dict[str, Any]:
   """The summary for the report's table: the first detector's figures are not repeated."""
   shown = {key: value for key, value in summary.items() if key != "detectors"}
-  if summary["detector"] == "both":
-    shown["embedding"] = summary["detectors"]["embedding"]
+  for name in list(summary["detectors"])[1:]:
+    shown[name] = summary["detectors"][name]
   return shown
 
 
@@ -370,10 +335,7 @@ def _write_matches(path, synthetic, train, found):
   """k rows per synthetic image; `memorized` is filled on the rank-1 rows only."""
   header = ["synthetic", "rank"]
   for item in found:
-    if item.measure == "correlation":
-      header += ["train", "correlation", "memorized"]
-    else:
-      header += ["embedding_train", "embedding_correlation", "embedding_memorized"]
+    header += [item.prefix + column for column in ("train", "correlation", "memorized")]
   k = found[0].values.shape[1]
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
@@ -415,7 +377,7 @@ def detector_summary(item: AuditResult, synthetic, train) -> dict[str, Any]:
   max_correlation = item.max_correlation
   defined = int(np.isfinite(max_correlation).sum())
   summary = {
-      "measure": _MEASURE[item.measure],
+      "measure": plugins.get(item.measure).measure,
       "threshold": {"value": item.threshold, "rule": item.threshold_kind,
                     "description": item.threshold_rule},
       "num_synthetic_with_correlation": defined,
@@ -441,7 +403,7 @@ def _summary(synthetic, train, holdout, found, k, overlap=None) -> dict[str, Any
   per_detector = {item.measure: detector_summary(item, synthetic, train) for item in found}
   summary = {
       "memjax_version": memjax.__version__,
-      "detector": "both" if len(found) == 2 else found[0].measure,
+      "detector": ",".join(item.measure for item in found),
       "synthetic": _describe(synthetic),
       "train": _describe(train),
       "holdout": _describe(holdout),
@@ -453,12 +415,12 @@ def _summary(synthetic, train, holdout, found, k, overlap=None) -> dict[str, Any
     # Held-out images identical to training images, left out of the calibration (`_calibrate`).
     summary["holdout"]["left_out_identical_to_training"] = overlap
   if len(found) == 2:
-    pixels, embeddings = found[0].memorized, found[1].memorized
+    first, second = found[0].memorized, found[1].memorized
     summary["agreement"] = {
-        "memorized_by_both": int(np.sum(pixels & embeddings)),
-        "memorized_by_correlation_only": int(np.sum(pixels & ~embeddings)),
-        "memorized_by_embedding_only": int(np.sum(~pixels & embeddings)),
-        "memorized_by_either": int(np.sum(pixels | embeddings)),
+        "memorized_by_both": int(np.sum(first & second)),
+        f"memorized_by_{found[0].measure}_only": int(np.sum(first & ~second)),
+        f"memorized_by_{found[1].measure}_only": int(np.sum(~first & second)),
+        "memorized_by_either": int(np.sum(first | second)),
         "same_best_match": int(np.sum((found[0].indices[:, 0] == found[1].indices[:, 0])
                                       & (found[0].indices[:, 0] >= 0))),
     }

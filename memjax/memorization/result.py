@@ -1,7 +1,7 @@
 """What one detector of an audit found: `AuditResult`, from the search to the summary and the page.
 
-The audit builds one per detector ("correlation" on pixels, "embedding" on a contrastive
-encoder's embeddings); summary.json, matches.csv, correlations.npz and the report pages are all
+The audit builds one per detector (memorization/plugins: "correlation" on pixels, "embedding" on
+a contrastive encoder's embeddings, "transformed" under flips, turns and shifts); summary.json, matches.csv, correlations.npz and the report pages are all
 written from it, and `read_results` rebuilds it from correlations.npz and summary.json (the demo
 reuses a finished audit that way).
 """
@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-MEASURES = ("correlation", "embedding")
 _EMPTY = np.zeros(0, np.int64)
 
 
@@ -23,7 +22,8 @@ _EMPTY = np.zeros(0, np.int64)
 class AuditResult:
   """One detector's findings: every synthetic image's k best training matches and the decision.
 
-  measure: "correlation" (pixels) or "embedding" (a contrastive encoder's embeddings).
+  measure: the detector's registered name (memorization/plugins), e.g. "correlation" (pixels),
+    "embedding" (a contrastive encoder's embeddings) or "transformed".
   values: (N_synthetic, k) correlations, descending; NaN where undefined (zero variance).
   indices: (N_synthetic, k) int64 into the training set; -1 where undefined.
   threshold: images whose best correlation is at or above it are memorized.
@@ -33,6 +33,8 @@ class AuditResult:
     real images (what a calibrated threshold is the percentile of), or None.
   zero_variance_synthetic, zero_variance_train: indices of the images with no correlation.
   seconds, precision, num_devices: how the search ran. encoder: the embedding's encoder.
+  details: per-synthetic arrays of the detector's own (the transform of each "transformed"
+    match: "symmetry" and "shift"), written to correlations.npz and read back.
   """
   measure: str
   values: np.ndarray
@@ -47,6 +49,7 @@ class AuditResult:
   precision: str = "float32"
   num_devices: int = 1
   encoder: str | None = None
+  details: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def from_best(cls, measure: str, max_correlation: Any, best_index: Any, threshold: float,
@@ -76,8 +79,8 @@ class AuditResult:
 
   @property
   def prefix(self) -> str:
-    """The prefix of this detector's arrays in correlations.npz: "" or "embedding_"."""
-    return "" if self.measure == "correlation" else "embedding_"
+    """The prefix of this detector's arrays in correlations.npz ("" for pixel correlation)."""
+    return _prefix(self.measure)
 
   def arrays(self) -> dict[str, np.ndarray]:
     """What correlations.npz holds of this detector."""
@@ -87,7 +90,17 @@ class AuditResult:
               self.prefix + "zero_variance_train": np.asarray(self.zero_variance_train)}
     if self.holdout_max_correlation is not None:
       arrays[self.prefix + "holdout_max_correlation"] = self.holdout_max_correlation
+    for name, value in self.details.items():
+      arrays[self.prefix + _DETAIL + name] = np.asarray(value)
     return arrays
+
+
+_DETAIL = "detail_"
+
+
+def _prefix(measure: str) -> str:
+  from memjax.memorization import plugins  # pylint: disable=g-import-not-at-top
+  return plugins.get(measure).prefix
 
 
 def read_results(out_dir: str | pathlib.Path) -> list[AuditResult]:
@@ -97,8 +110,10 @@ def read_results(out_dir: str | pathlib.Path) -> list[AuditResult]:
   results = []
   with np.load(out_dir / "correlations.npz") as stored:
     for measure, item in summary["detectors"].items():
-      prefix = "" if measure == "correlation" else "embedding_"
+      prefix = _prefix(measure)
       holdout = stored.get(prefix + "holdout_max_correlation")
+      details = {name[len(prefix + _DETAIL):]: stored[name] for name in stored.files
+                 if name.startswith(prefix + _DETAIL)}
       search = item.get("search", {})
       results.append(AuditResult(
           measure, stored[prefix + "values"], stored[prefix + "indices"],
@@ -108,5 +123,6 @@ def read_results(out_dir: str | pathlib.Path) -> list[AuditResult]:
           zero_variance_train=stored.get(prefix + "zero_variance_train", _EMPTY),
           seconds=float(search.get("seconds", 0.0)),
           precision=search.get("precision", "float32"),
-          num_devices=int(search.get("devices", 1)), encoder=item.get("encoder")))
+          num_devices=int(search.get("devices", 1)), encoder=item.get("encoder"),
+          details=details))
   return results

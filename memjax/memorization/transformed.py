@@ -17,8 +17,8 @@ The best value of each synthetic image is then recomputed directly over its over
 reported value is the float64 correlation at the reported transform.
 
 This is a brute-force search over every training image, symmetry and shift: exact, and affordable
-for the images a report shows, the demo and sets of a few thousand images; a pruned search for
-large sets is future work (issue 22). Images are (N, *spatial) or (N, *spatial, C) with the
+for the images a report shows, the demo and sets of a few thousand images; a search pruned by
+proven bounds for large sets is not built yet. Images are (N, *spatial) or (N, *spatial, C) with the
 channels taken together (`channels_last`).
 """
 
@@ -51,10 +51,22 @@ class Symmetry:
       out = np.swapaxes(out, 0, 1)
     return out
 
+  def invert(self, image: np.ndarray) -> np.ndarray:
+    """The inverse symmetry applied to one image: invert(apply(x)) == x."""
+    out = np.swapaxes(image, 0, 1) if self.transpose else image
+    for axis in self.flips:
+      out = np.flip(out, axis=axis)
+    return out
+
   def describe(self) -> str:
     names = {0: "up-down", 1: "left-right", 2: "front-back"}
     if not self.flips and not self.transpose:
       return "as is"
+    turns = {((1,), True): "turned 90° anticlockwise", ((0,), True): "turned 90° clockwise",
+             ((0, 1), False): "turned 180°", ((), True): "mirrored about the main diagonal",
+             ((0, 1), True): "mirrored about the anti-diagonal"}
+    if (tuple(self.flips), self.transpose) in turns:
+      return turns[(tuple(self.flips), self.transpose)]
     words = []
     if self.flips:
       words.append("flipped " + " and ".join(names.get(a, f"along axis {a}")
@@ -101,11 +113,37 @@ class TransformedMatch:
     symmetry = self.symmetries[int(i)]
     if symmetry is None:
       return "no correlation"
-    shift = tuple(int(s) for s in self.shifts[int(i)])
-    words = symmetry.describe()
-    if any(shift):
-      words = ("" if words == "as is" else words + ", ") + f"shifted by {shift} px"
-    return words
+    return describe(symmetry, self.shifts[int(i)])
+
+
+def describe(symmetry: Symmetry, shift) -> str:
+  """A transform of the synthetic image in words, e.g. "flipped up-down, shifted by (3, -2) px"."""
+  shift = tuple(int(s) for s in shift)
+  words = symmetry.describe()
+  if any(shift):
+    words = ("" if words == "as is" else words + ", ") + f"shifted by {shift} px"
+  return words
+
+
+def has_channels_last(shape: tuple[int, ...]) -> bool:
+  """Whether images of `shape` hold channels on their last axis: 3 or more axes, the last of at
+  most 5 (memjax's (H, W, C) and (D, H, W, C) images)."""
+  return len(shape) >= 3 and shape[-1] <= 5
+
+
+def into_synthetic_frame(train_image: np.ndarray, symmetry: Symmetry, shift) -> np.ndarray:
+  """A training image moved into the frame of a synthetic image that matched it under
+  (symmetry, shift): the result's pixels lie on the synthetic pixels they were compared with;
+  float64, NaN where the training image does not reach (*spatial[, C] as given)."""
+  image = np.asarray(train_image, np.float64)
+  moved = np.full(image.shape, np.nan)
+  target, origin = [], []
+  for n, d in zip(image.shape, (int(d) for d in shift)):
+    # T(a)[x + d] was compared with b[x]: b[x] lands at x + d of T(a)'s frame.
+    target.append(slice(max(d, 0), n + min(d, 0)))
+    origin.append(slice(max(-d, 0), n - max(d, 0)))
+  moved[tuple(target)] = image[tuple(origin)]
+  return np.ascontiguousarray(symmetry.invert(moved))
 
 
 def _spatial(images: np.ndarray, channels_last: bool) -> np.ndarray:
@@ -153,7 +191,7 @@ def best_transformed_match(synthetic: Any, train: Any, *, max_shift: int | None 
   sources_lib.check_same_shape(synthetic, train)
   shape = tuple(synthetic.shape)
   if channels_last is None:
-    channels_last = len(shape) >= 3 and shape[-1] <= 5
+    channels_last = has_channels_last(shape)
   spatial = shape[:-1] if channels_last else shape
   max_shift = default_max_shift(spatial) if max_shift is None else int(max_shift)
   if not 0 <= max_shift < min(spatial):

@@ -35,6 +35,7 @@ import numpy as np
 
 from memjax.data import sources as sources_lib
 from memjax.memorization import detectors
+from memjax.memorization import transformed as transformed_lib
 from memjax.memorization import embedding as embedding_lib
 from memjax.memorization import search as search_lib
 
@@ -459,6 +460,13 @@ def validate(planted: PlantedSet, train, holdout, *, embed_fn=None,
       "correlation (pixels)", planted,
       correlations(planted.images, train, ("planted", "training")),
       calibration=correlations(train, holdout, ("training", "holdout")), percentile=percentile))
+
+  # The transform-tolerant correlation (flips, turns by 90 degrees, shifts), calibrated the same way.
+  evaluations.append(evaluate(
+      "transformed (pixels: flips, turns, shifts)", planted,
+      transformed_lib.best_transformed_match(planted.images, train).values,
+      calibration=transformed_lib.best_transformed_match(train, holdout).values,
+      percentile=percentile))
 
   spaces = {"pixels": (planted.images, train, holdout)}
   if embed_fn is not None:

@@ -42,11 +42,10 @@ from memjax.memorization.report.redaction import WITHHOLD_LEVEL
 from memjax.memorization.report.text import FIXED_THRESHOLDS
 from memjax.memorization.report.text import flatten_summary
 from memjax.memorization.report.text import format_value
-from memjax.memorization.report.text import MEASURES
 
 __all__ = [
     "DPI", "FIXED_THRESHOLDS", "HISTOGRAM_SIZE_IN", "MAX_SCATTER_POINTS",
-    "MEASURES", "ModelAudit", "PAIRS_HEADER_HEIGHT_IN", "PAIRS_ROW_HEIGHT_IN", "PAIRS_WIDTH_IN",
+    "ModelAudit", "PAIRS_HEADER_HEIGHT_IN", "PAIRS_ROW_HEIGHT_IN", "PAIRS_WIDTH_IN",
     "WITHHOLD_LEVEL", "agreement_figure", "bin_edges", "display_note", "display_plane",
     "draw_density", "embed_png", "figure_to_png_bytes", "flatten_summary", "format_value",
     "histogram_figure", "intensity_scatter", "pairs_figure", "pearson", "top_pairs",

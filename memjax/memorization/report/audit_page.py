@@ -1,18 +1,20 @@
-"""The audit page: one detector or two (pixels and embeddings), with their figures.
+"""The audit page: every detector that ran (memorization/plugins), with its figures.
 
-Writes histogram.png and pairs.png (and with the embedding detector beside pixel correlation
-histogram_embedding.png, pairs_embedding.png and agreement.png) and report.html, a
-self-contained page that embeds every image it shows.
+Writes histogram.png and pairs.png for the first detector, histogram<suffix>.png and
+pairs<suffix>.png for each other one (_embedding, _transformed), agreement.png with two, and
+report.html, a self-contained page that embeds every image it shows.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from memjax.memorization import plugins
 from memjax.memorization.report import figures
 from memjax.memorization.report import pairs_figure
 from memjax.memorization.report import redaction as redaction_lib
@@ -70,12 +72,12 @@ def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: Any, train: An
                                      threshold_rule, holdout_max_correlation)]
   results = list(results)
   for item in results:
-    text.words(item.measure)
-  if len(results) == 2 and [r.measure for r in results] != ["correlation", "embedding"]:
-    raise ValueError("a second detection is the embedding detector beside pixel correlation; "
-                     f"got {results[1].measure!r} beside {results[0].measure!r}")
-  if not 1 <= len(results) <= 2:
-    raise ValueError(f"a report shows one or two detectors, got {len(results)}")
+    plugins.get(item.measure)
+  if not results:
+    raise ValueError("a report shows at least one detector, got none")
+  if len({r.measure for r in results}) != len(results):
+    raise ValueError(f"a report shows each detector once, got "
+                     f"{', '.join(r.measure for r in results)}")
   detections = []
   for item in results:
     values, best = _checked_inputs(synthetic, train, item.max_correlation, item.best_index,
@@ -83,7 +85,7 @@ def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: Any, train: An
     detections.append(dataclasses.replace(item, values=values[:, None], indices=best[:, None],
                                           threshold=float(item.threshold)))
   scores = [redaction_lib.Score(d.measure, d.max_correlation, d.threshold) for d in detections]
-  if redact_training_images:
+  if redact_training_images and redaction_lib.TRANSFORMED not in {d.measure for d in detections}:
     pixel = [d.threshold for d in detections if d.measure == "correlation"]
     scores.append(redaction_lib.transformed_score(synthetic, train, pixel[0] if pixel else None))
   redaction = redaction_lib.policy(redact_training_images, scores)
@@ -98,7 +100,8 @@ def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: Any, train: An
         measure=detection.measure))
     pngs["pairs" + suffix] = figures.figure_to_png_bytes(pairs_figure.pairs_figure(
         synthetic, train, detection.max_correlation, detection.best_index, detection.threshold,
-        num_pairs=num_pairs, measure=detection.measure, redaction=redaction))
+        num_pairs=num_pairs, measure=detection.measure, redaction=redaction,
+        aligned=_aligned(detection)))
   if len(detections) == 2:
     pngs["agreement"] = figures.figure_to_png_bytes(figures.agreement_figure(*detections))
   page = _render_page(title=title, synthetic=synthetic, train=train, holdout=holdout,
@@ -140,6 +143,11 @@ def _checked_inputs(synthetic, train, max_correlation, best_index, threshold, nu
   return correlation, best
 
 
+def _aligned(detection: AuditResult):
+  """How the detector draws its pairs: (i, training image) -> (image as compared, transform)."""
+  return functools.partial(plugins.get(detection.measure).aligned_match, detection)
+
+
 def _file_suffix(detection: AuditResult, index: int) -> str:
   """How the files and tables of a detector are named: plain for the first, suffixed after."""
   return "" if index == 0 else text.words(detection.measure)["file_suffix"]
@@ -151,8 +159,9 @@ def _verdict(detection: AuditResult, with_name: bool) -> str:
   num_defined = int(defined.sum())
   num_memorized = int(np.sum(correlation[defined] >= threshold))
   share = f" ({100.0 * num_memorized / num_defined:.1f}%)" if num_defined else ""
-  prefix = f"{text.words(detection.measure)['name'].capitalize()}: " if with_name else ""
-  value = "correlation" if detection.measure == "correlation" else "embedding correlation"
+  name = text.words(detection.measure)["name"]
+  prefix = f"{name.capitalize()}: " if with_name else ""
+  value = "correlation" if detection.measure == "correlation" else name
   return (f"{prefix}{num_memorized} of "
           f"{text.plural(num_defined, 'synthetic image', 'synthetic images')}{share} with a "
           f"defined {value} reach the threshold {threshold:.4f} and are counted as memorized.")
@@ -189,12 +198,13 @@ def _paragraphs(detection: AuditResult, pairs: sections.Pairs,
 
 def _detector_context(detection: AuditResult, index: int, num_detectors: int, *, synthetic, train,
                       num_pairs, redaction, pngs) -> dict[str, Any]:
-  both = num_detectors == 2
+  several = num_detectors > 1
   file_suffix = _file_suffix(detection, index)
+  name = text.words(detection.measure)["name"]
   pairs = sections.detector_pairs(
       synthetic=synthetic, train=train, values=detection.max_correlation,
       best=detection.best_index, threshold=detection.threshold, measure=detection.measure,
-      num_pairs=num_pairs, redaction=redaction)
+      num_pairs=num_pairs, redaction=redaction, aligned=_aligned(detection))
   zoomed = figures.zoom_start(figures.detector_series(
       detection.max_correlation, detection.holdout_max_correlation), detection.threshold)
   caption = text.histogram_caption(zoomed is not None)
@@ -203,10 +213,9 @@ def _detector_context(detection: AuditResult, index: int, num_detectors: int, *,
   if notes:
     paragraphs.append("Images shown: " + "; ".join(sorted(notes)) + ".")
   return dict(
-      heading=(("Detector 1: pixel correlation" if index == 0
-                else "Detector 2: contrastive embeddings") if both else ""),
-      level="h3" if both else "h2",
-      suffix=(" (pixels)" if index == 0 else " (embeddings)") if both else "",
+      heading=f"Detector {index + 1}: {name}" if several else "",
+      level="h3" if several else "h2",
+      suffix=f" ({name})" if several else "",
       paragraphs=paragraphs, histogram=embed_png(pngs["histogram" + file_suffix]),
       histogram_caption=caption, pairs=pairs, threshold=detection.threshold,
       table_id="pairs-table" + file_suffix.replace("_", "-"),
@@ -232,7 +241,7 @@ def _render_page(*, title, synthetic, train, holdout, detections, summary, num_p
   primary = detections[0]
   both = len(detections) == 2
   undefined = np.flatnonzero(~np.isfinite(primary.max_correlation))
-  verdicts = [_verdict(d, with_name=both) for d in detections]
+  verdicts = [_verdict(d, with_name=len(detections) > 1) for d in detections]
   zero_variance = None
   if undefined.size:
     constant = (len(primary.zero_variance_synthetic) if primary.zero_variance_train.size
@@ -250,11 +259,13 @@ def _render_page(*, title, synthetic, train, holdout, detections, summary, num_p
         f"({', '.join(left_out['ids'][:5])}{' …' if left_out['count'] > 5 else ''}): they are "
         f"the same patients, not different ones, so the threshold was calibrated on the other "
         f"{left_out['kept']}. Check how the holdout set was split from the training set.")
-  methods = [PIXEL_METHOD] if any(d.measure == "correlation" for d in detections) else []
-  methods += [EMBEDDING_METHOD] if any(d.measure == "embedding" for d in detections) else []
+  measures = {d.measure for d in detections}
+  methods = [PIXEL_METHOD] if measures & {"correlation", "transformed"} else []
+  methods += [EMBEDDING_METHOD] if "embedding" in measures else []
   return render.render(
       "audit.html.j2", title=title, verdicts=verdicts, redaction_notice=redaction.notice(),
       agreement=embed_png(pngs["agreement"]) if both else None,
+      agreement_names=[text.words(d.measure)["name"] for d in detections],
       detectors=[_detector_context(d, n, len(detections), synthetic=synthetic, train=train,
                                    num_pairs=num_pairs, redaction=redaction, pngs=pngs)
                  for n, d in enumerate(detections)],

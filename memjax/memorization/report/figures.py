@@ -248,7 +248,8 @@ def place_line_labels(ax, threshold: float) -> None:
 
 
 def agreement_figure(pixels, embeddings) -> Figure:
-  """Each synthetic image's best pixel correlation against its best embedding correlation.
+  """Each synthetic image's best value by the first detector against the second's (pixel against
+  embedding correlation, or any two detectors' results).
 
   The two thresholds split the plane into four quadrants, each labelled with its count: images
   flagged by both detectors, by one only, or by neither.
@@ -262,8 +263,9 @@ def agreement_figure(pixels, embeddings) -> Figure:
   fig = Figure(figsize=(7.0, 6.2), dpi=DPI, layout="constrained")
   ax = fig.add_subplot()
   ax.set_title("The two detectors, image by image", fontsize=13)
-  ax.set_xlabel(text.words("correlation")["axis"], fontsize=10)
-  ax.set_ylabel(text.words("embedding")["axis"], fontsize=10)
+  x_words, y_words = text.words(pixels.measure), text.words(embeddings.measure)
+  ax.set_xlabel(x_words["axis"], fontsize=10)
+  ax.set_ylabel(y_words["axis"], fontsize=10)
   ax.tick_params(labelsize=9)
   if not defined.any():
     ax.text(0.5, 0.5, "No synthetic image has both correlations defined.",
@@ -282,8 +284,8 @@ def agreement_figure(pixels, embeddings) -> Figure:
     set_lim(start - 0.04 * (1.0 - start) - 0.005, 1.0 + 0.02 * (1.0 - start) + 0.005)
   quadrants = [
       (flagged_x & flagged_y, 0.98, 0.98, "right", "top", "both"),
-      (~flagged_x & flagged_y, 0.02, 0.98, "left", "top", "embedding only"),
-      (flagged_x & ~flagged_y, 0.98, 0.02, "right", "bottom", "pixels only"),
+      (~flagged_x & flagged_y, 0.02, 0.98, "left", "top", f"{y_words['name']} only"),
+      (flagged_x & ~flagged_y, 0.98, 0.02, "right", "bottom", f"{x_words['name']} only"),
       (~flagged_x & ~flagged_y, 0.02, 0.02, "left", "bottom", "neither"),
   ]
   for mask, tx, ty, ha, va, name in quadrants:
@@ -292,9 +294,9 @@ def agreement_figure(pixels, embeddings) -> Figure:
             bbox=dict(facecolor="white", edgecolor="0.7", alpha=0.9, boxstyle="round,pad=0.25"))
   handles = [
       Line2D([], [], color=THRESHOLD_COLOR, linewidth=1.5,
-             label=f"pixel threshold {pixels.threshold:.4f}"),
+             label=f"{x_words['name']} threshold {pixels.threshold:.4f}"),
       Line2D([], [], color=EMBEDDING_COLOR, linewidth=1.5,
-             label=f"embedding threshold {embeddings.threshold:.4f}")]
+             label=f"{y_words['name']} threshold {embeddings.threshold:.4f}")]
   excluded = int((~defined).sum())
   note = f"; {excluded} without both correlations not shown" if excluded else ""
   fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=9, frameon=False,

@@ -51,12 +51,14 @@ def top_pairs(max_correlation, num_pairs: int) -> np.ndarray:
 def pairs_figure(synthetic: Any, train: Any, max_correlation: np.ndarray,
                  best_index: np.ndarray, threshold: float, *, num_pairs: int = 8,
                  redact_training_images: bool = False, measure: str = "correlation",
-                 redaction: redaction_lib.Redaction | None = None) -> Figure:
+                 redaction: redaction_lib.Redaction | None = None, aligned=None) -> Figure:
   """One row per closest pair: [previous slice, match, synthetic, next slice, intensity scatter].
 
   `measure` says what `max_correlation` correlates ("correlation": pixels, or "embedding"); the
   scatter plot and its r are always over pixels. `redaction` is the page's policy; without it
-  the policy is built from this detector's values and `redact_training_images`.
+  the policy is built from this detector's values and `redact_training_images`. `aligned(i,
+  training image)`: the match moved into the synthetic image's frame and the transform in words
+  (the "transformed" detector), drawn and scattered so.
   """
   words = text.words(measure)
   correlation = np.asarray(max_correlation, dtype=np.float64).reshape(-1)
@@ -98,7 +100,8 @@ def pairs_figure(synthetic: Any, train: Any, max_correlation: np.ndarray,
   for rank, i in enumerate(chosen, start=1):
     row_top = height - PAIRS_HEADER_HEIGHT_IN - (rank - 1) * PAIRS_ROW_HEIGHT_IN
     _draw_pair_row(fig, row_top, rank, synthetic, train, int(i), int(best_index[i]),
-                   float(correlation[i]), threshold, redaction, neighbors, words["symbol"])
+                   float(correlation[i]), threshold, redaction, neighbors, words["symbol"],
+                   aligned)
   return fig
 
 
@@ -115,7 +118,7 @@ def _pair_axes(fig: Figure, row_top: float, num_images: int) -> list[Any]:
 def _draw_pair_row(fig: Figure, row_top: float, rank: int, synthetic: Any, train: Any, i: int,
                    j: int, correlation: float, threshold: float,
                    redaction: redaction_lib.Redaction, neighbors: slices.Neighbors | None,
-                   symbol: str) -> None:
+                   symbol: str, aligned=None) -> None:
   """Draws the pair (synthetic i, training j) as one row whose top is `row_top` inches high."""
   width, height = fig.get_size_inches()
   synthetic_id = synthetic.image_id(i)
@@ -134,6 +137,10 @@ def _draw_pair_row(fig: Figure, row_top: float, rank: int, synthetic: Any, train
   shows_synthetic = redaction.shows_synthetic(i)
   synthetic_image = planes.read_one(synthetic, i) if shows_synthetic else None
   match_image = planes.read_one(train, j) if redaction.shows_training else None
+  transform, stored_match = "", match_image
+  if match_image is not None and aligned is not None:
+    moved, transform = aligned(i, match_image)
+    match_image = moved if transform else match_image
   for ax, (name, k) in zip(axes, panels):
     ax.set_title(name, fontsize=10)
     if name == "synthetic":
@@ -145,15 +152,19 @@ def _draw_pair_row(fig: Figure, row_top: float, rank: int, synthetic: Any, train
                      .replace(": ", ":\n").replace(" with", "\nwith"), _REDACTED_FACE, "black")
     elif k is None:
       _blank_panel(ax, "no neighbour", _EMPTY_FACE, color="0.35")
+    elif k == j and transform and redaction.shows_training:
+      ax.set_title("training: moved to match", fontsize=10)
+      _show_image(ax, planes.display_plane(match_image))
+      ax.set_xlabel(text.wrap_id(train.image_id(k)) + "\nsynthetic " + transform, fontsize=8)
     elif not redaction.shows_training:
       _blank_panel(ax, text.wrap_id(train.image_id(k), 22) + "\n\n(training image\nredacted)",
                    _REDACTED_FACE, color="black")
     else:
-      image = match_image if k == j else planes.read_one(train, k)
+      image = stored_match if k == j else planes.read_one(train, k)
       _show_image(ax, planes.display_plane(image))
       label = text.wrap_id(train.image_id(k))
       if k != j:  # How alike neighbouring slices of one patient naturally are.
-        label += f"\nr with match = {planes.pearson(image.ravel(), match_image.ravel()):.4f}"
+        label += f"\nr with match = {planes.pearson(image.ravel(), stored_match.ravel()):.4f}"
       ax.set_xlabel(label, fontsize=9)
 
   scatter_ax = axes[-1]
@@ -162,7 +173,8 @@ def _draw_pair_row(fig: Figure, row_top: float, rank: int, synthetic: Any, train
     _blank_panel(scatter_ax, "scatter plot hidden:\nit would reveal\ntraining intensities",
                  _EMPTY_FACE, color="0.2")
   else:
-    figures.intensity_scatter(scatter_ax, match_image.ravel(), synthetic_image.ravel())
+    overlap = np.isfinite(match_image)
+    figures.intensity_scatter(scatter_ax, match_image[overlap], synthetic_image[overlap])
 
 
 def _show_image(ax, plane: np.ndarray) -> None:

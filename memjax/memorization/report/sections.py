@@ -86,8 +86,13 @@ def _image_panel(source: Any, k: int, caption: str) -> tuple[np.ndarray, Panel]:
 
 def pair_row(rank: int, i: int, j: int, value: float, *, synthetic: Any, train: Any,
              threshold: float, symbol: str, redaction: redaction_lib.Redaction,
-             neighbors: slices.Neighbors | None) -> PairRow:
-  """The panels of the pair (synthetic i, training j), each passed through `redaction`."""
+             neighbors: slices.Neighbors | None, aligned=None) -> PairRow:
+  """The panels of the pair (synthetic i, training j), each passed through `redaction`.
+
+  `aligned(i, training image)` gives the match as the detector compared it (moved into the
+  synthetic image's frame; NaN where it does not reach) and the transform in words; the match
+  panel and the scatter plot show it so.
+  """
   synthetic_id, train_id = synthetic.image_id(i), train.image_id(j)
   synthetic_image = match = None
   if redaction.shows_synthetic(i):
@@ -97,6 +102,13 @@ def pair_row(rank: int, i: int, j: int, value: float, *, synthetic: Any, train: 
                             note=redaction.withheld_text(i))
   if redaction.shows_training:
     match, match_panel = _image_panel(train, j, "training match")
+    if aligned is not None:
+      moved, transform = aligned(i, match)
+      if transform:
+        match = moved
+        match_panel = Panel(f"training match, moved into the synthetic image's frame "
+                            f"(synthetic {transform})",
+                            planes.embed_png(planes.plane_png(planes.display_plane(moved))))
   else:
     match_panel = Panel("training match", kind="withheld", note="training image redacted")
   panels = [match_panel, synthetic_panel]
@@ -105,8 +117,9 @@ def pair_row(rank: int, i: int, j: int, value: float, *, synthetic: Any, train: 
     panels = ([_neighbour_panel(train, previous_j, match, "previous slice", redaction)] + panels
               + [_neighbour_panel(train, next_j, match, "next slice", redaction)])
   if match is not None and synthetic_image is not None:
+    overlap = np.isfinite(np.broadcast_to(match, synthetic_image.shape))
     panels.append(Panel("pixel intensities", planes.embed_png(
-        figures.scatter_png(match, synthetic_image)), kind="figure"))
+        figures.scatter_png(match[overlap], synthetic_image[overlap])), kind="figure"))
   else:
     panels.append(Panel("pixel intensities", kind="withheld",
                         note="scatter plot hidden: it would reveal training intensities"))
@@ -127,8 +140,9 @@ def _neighbour_panel(train: Any, k: int | None, match: np.ndarray | None, name: 
 
 def detector_pairs(*, synthetic: Any, train: Any, values: np.ndarray, best: np.ndarray,
                    threshold: float, measure: str, num_pairs: int,
-                   redaction: redaction_lib.Redaction) -> Pairs:
-  """The closest pairs, the pairs on either side of the threshold and every flagged image."""
+                   redaction: redaction_lib.Redaction, aligned=None) -> Pairs:
+  """The closest pairs, the pairs on either side of the threshold and every flagged image
+  (`aligned`: how the detector's pairs are drawn, `pair_row`)."""
   words = text.words(measure)
   values = np.asarray(values, np.float64)
   closest = pairs_figure.top_pairs(values, num_pairs)
@@ -142,7 +156,8 @@ def detector_pairs(*, synthetic: Any, train: Any, values: np.ndarray, best: np.n
   def rows(indices):
     return [pair_row(ranks[int(i)], int(i), int(best[i]), values[i], synthetic=synthetic,
                      train=train, threshold=threshold, symbol=words["symbol"],
-                     redaction=redaction, neighbors=neighbors) for i in indices]
+                     redaction=redaction, neighbors=neighbors, aligned=aligned)
+            for i in indices]
 
   listed = []
   for i in flagged[:MAX_FLAGGED_ROWS]:

@@ -13,55 +13,12 @@ from typing import Any, Mapping
 import numpy as np
 
 FIXED_THRESHOLDS = (0.90, 0.95, 0.99)
-MEASURES = ("correlation", "embedding")
-
-_WORDS = {
-    "correlation": dict(
-        name="pixel correlation",
-        histogram_title="The highest correlation coefficient",
-        axis="maximum Pearson correlation with the training set",
-        header="most correlated with a training image",
-        symbol="r",
-        file_suffix="",
-        explanation=(
-            "For every synthetic image, its Pearson correlation with every training image was "
-            "computed over all pixels (background included), and the highest value and the "
-            "training image that gave it were kept. A correlation of 1.0 means the synthetic "
-            "image is a pixel-exact copy of a training image up to a change of brightness and "
-            "contrast; values close to 1.0 mean a near copy. Different patients' images of the "
-            "same anatomy also correlate well, so the value is read against a threshold."),
-        limits=(
-            "Limits: the correlation compares images pixel by pixel with no shift, flip or "
-            "rotation search, so a low value does not by itself prove that no patient was "
-            "copied.")),
-    "embedding": dict(
-        name="embedding correlation",
-        histogram_title="The highest correlation of embeddings",
-        axis="maximum Pearson correlation of embeddings with the training set",
-        header="whose embeddings are most correlated with a training image's",
-        symbol="embedding r",
-        file_suffix="_embedding",
-        explanation=(
-            "Every synthetic, training and held-out image was embedded by a self-supervised "
-            "contrastive encoder trained on the training images (Dar et al. 2023) to map an "
-            "image and its augmented versions to nearby embeddings and other images apart. For "
-            "every synthetic image, the Pearson correlation of its embedding with every training "
-            "image's embedding was computed (1 minus Dar et al.'s 'correlation' distance), and "
-            "the highest value and the training image that gave it were kept. The value is read "
-            "against a threshold calibrated in the same way as the pixel one."),
-        limits=(
-            "Limits: the encoder ignores only what its augmentations taught it to ignore, and "
-            "neighbouring slices of one patient embed close together by design. Which kinds of "
-            "altered copy it finds, and how often, is not measured on this page: measure it "
-            "with tools/validate_detectors.py on planted copies.")),
-}
 
 
 def words(measure: str) -> dict[str, str]:
-  """The sentences and labels of one detector ("correlation" or "embedding")."""
-  if measure not in _WORDS:
-    raise ValueError(f"unknown measure {measure!r}; expected one of {', '.join(MEASURES)}")
-  return _WORDS[measure]
+  """The sentences and labels of one detector, from its plug-in (memorization/plugins)."""
+  from memjax.memorization import plugins  # pylint: disable=g-import-not-at-top
+  return dict(plugins.get(measure).words)
 
 
 def plural(count: int, singular: str, plural_form: str) -> str:
