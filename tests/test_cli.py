@@ -498,7 +498,7 @@ def test_cli_embedding_detector_needs_a_trained_encoder(small_folders, tmp_path)
   process = _launch(*args, "--config.audit.detector=embedding")
   _check_user_error(process, "needs a trained contrastive encoder", "--config.audit.encoder=")
   missing = tmp_path / "no_encoder"
-  process = _launch(*args, "--config.audit.detector=both", f"--config.audit.encoder={missing}")
+  process = _launch(*args, "--config.audit.detectors=correlation,embedding", f"--config.audit.encoder={missing}")
   _check_user_error(process, str(missing / "config.json"), "does not exist")
 
 
