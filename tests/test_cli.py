@@ -495,10 +495,11 @@ def test_cli_corrupt_png_in_training_folder(small_folders, tmp_path):
 
 def test_cli_embedding_detector_needs_a_trained_encoder(small_folders, tmp_path):
   args = _audit_args(tmp_path / "run", small_folders / "synthetic", small_folders / "train")
-  process = _launch(*args, "--config.audit.detector=embedding")
+  process = _launch(*args, "--config.audit.detectors=embedding")
   _check_user_error(process, "needs a trained contrastive encoder", "--config.audit.encoder=")
   missing = tmp_path / "no_encoder"
-  process = _launch(*args, "--config.audit.detectors=correlation,embedding", f"--config.audit.encoder={missing}")
+  process = _launch(*args, "--config.audit.detectors=correlation,embedding",
+                    f"--config.audit.encoder={missing}")
   _check_user_error(process, str(missing / "config.json"), "does not exist")
 
 
