@@ -34,7 +34,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A shipped config by name (audit, demo_ddpm, ...) or a config file's path; "
     "override keys with --config.KEY=VALUE.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and audits.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, samples and audits (every workflow but prepare).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None,
     "Many machines: host:port of process 0, which all processes reach (default "
@@ -49,7 +50,7 @@ _HEARTBEAT = flags.DEFINE_integer(
     "heartbeat_timeout_seconds", None,
     "Many machines: when another process dies, this one ends with an error within about this "
     "many seconds (default JAX's, 100).", lower_bound=1)
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 def _main(argv):
@@ -65,7 +66,8 @@ def _main(argv):
   cli.run_reporting_user_errors(lambda: parallel.initialize_distributed(
       _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
       heartbeat_timeout_seconds=_HEARTBEAT.value))
-  cli.run_reporting_user_errors(lambda: workflows.run(_CONFIG.value, _WORKDIR.value))
+  cli.run_reporting_user_errors(
+      lambda: workflows.run(_CONFIG.value, _WORKDIR.value, command=sys.argv))
   # The other processes wait for process 0's last writes (an audit's report) before they exit.
   parallel.wait_for_every_process("memjax: workflow done")
 
