@@ -63,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   # your own images").
   config.data.source = config_dict.placeholder(str)
   config.data.data_dir = config_dict.placeholder(str)  # default $MEMJAX_DATA_DIR
+  config.data.nifti_slice_axis = config_dict.placeholder(int)  # NIfTI: slices on this axis
   config.data.volumes = False  # folders and arrays: images are 3D volumes (D, H, W[, C])
   config.data.downsample = 1  # train on means of N^d pixel blocks (small 3D models)
   # Train on a fixed subset of N images of the source (0: all of them), the same N every run and

@@ -140,6 +140,8 @@ def sample(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.
   say("next, audit them: " + _next_command(
       "--config=audit", f"--config.audit.synthetic_images={_quoted(folder)}",
       f"--config.audit.training_images={_quoted(config.data.source)}",
+      *([f"--config.audit.nifti_slice_axis={config.data.nifti_slice_axis}"]
+        if config.data.get("nifti_slice_axis") is not None else []),
       f"--workdir={_quoted(workdir / 'audit')}"))
   return folder
 
