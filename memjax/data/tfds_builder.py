@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import importlib.util
+import io
 import logging
 import os
 import re
@@ -86,7 +87,10 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
           config = kwargs.get("download_config") or tfds.download.DownloadConfig()
           kwargs["download_config"] = dataclasses.replace(
               config, download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS)
-      super().download_and_prepare(*args, **kwargs)
+      # TFDS prints "Downloading and preparing dataset ..." on stdout: nothing is downloaded
+      # (builders read local files), and stdout holds the workflow's summary.
+      with contextlib.redirect_stdout(io.StringIO()):
+        super().download_and_prepare(*args, **kwargs)
 
   def _dataset_info(self, features: tfds.features.FeaturesDict, description: str,
                     homepage: str, citation: str = "") -> tfds.core.DatasetInfo:
