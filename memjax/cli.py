@@ -267,3 +267,21 @@ def parse_flags(argv: list[str], usage: str | None = None) -> list[str]:
     message = " ".join(str(error).split())
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def parse_tool_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing for the scripts in tools/: --help prints the script's docstring and its
+  flags and exits 0; a flag error is one line with exit status 2."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if any(argument in HELP_FLAGS for argument in argv[1:]):
+    main = sys.modules.get("__main__")
+    print(((main.__doc__ if main else None) or "").strip() + "\n")
+    print("flags:\n" + flags.FLAGS.main_module_help())
+    sys.exit(0)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    if os.environ.get("MEMJAX_TRACEBACK"):
+      raise
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    sys.exit(2)

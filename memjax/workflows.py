@@ -31,6 +31,15 @@ def _next_command(*arguments: str) -> str:
   return " ".join([_COMMAND["program"], *arguments])
 
 
+def remember_command(command: Sequence[str]) -> None:
+  """Keeps the program and the --config arguments of `command` (sys.argv) for the next commands
+  that the summaries print."""
+  program = "python launch.py" if command[0].endswith("launch.py") else "memjax"
+  _COMMAND.update(program=program, config=[
+      _quoted(a) for a in command[1:]
+      if a.startswith("--config") and not a.startswith("--config.workflow=")])
+
+
 def _same_run(workdir: pathlib.Path, workflow: str) -> str:
   """The command that started this run, as another workflow in the same work dir."""
   return _next_command(*_COMMAND["config"], f"--config.workflow={workflow}",
@@ -211,10 +220,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None,
     known = ", ".join(sorted(set(WORKFLOWS) | set(_PENDING)))
     raise ValueError(f"unknown workflow {workflow!r} in the config; expected one of: {known}")
   if command:
-    program = ("python launch.py" if command[0].endswith("launch.py") else "memjax")
-    _COMMAND.update(program=program, config=[
-        _quoted(a) for a in command[1:]
-        if a.startswith("--config") and not a.startswith("--config.workflow=")])
+    remember_command(command)
   if workflow == "prepare" and not workdir:
     return prepare(config, None)
   if not workdir:
