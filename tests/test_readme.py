@@ -65,7 +65,7 @@ OUTPUT = {
     "matches": "copy_exact_1_of_train_0074.png,1,train_0074.png",
     "summary_json": '"threshold": {"value": ',
     "validation": "% flagged at the calibrated threshold",  # tools/validate_detectors.py (slow)
-    "layout": "launch.py            entry point",  # the repository's files, not a run
+    "layout": "launch.py            python launch.py = the memjax command",  # files, not a run
 }
 PLACEHOLDERS = {"SYNTHETIC": "runs/example_data/synthetic", "TRAIN": "runs/example_data/train",
                 "HOLDOUT": "runs/example_data/holdout", "OUT": "runs/out"}

@@ -94,5 +94,5 @@ def open_source(spec: Any, *, nifti_slice_axis: int | None = None, grayscale: bo
     return NumpyFileSource(path)
   return FolderSource(path, nifti_slice_axis=nifti_slice_axis, grayscale=grayscale)
 
-# DESIGN.md names the one opener `sources.open`; both names are the same function.
+# docs/architecture.md names the one opener `sources.open`; both names are the same function.
 open = open_source  # pylint: disable=redefined-builtin
