@@ -50,7 +50,7 @@ def open_training_data(options: ml_collections.ConfigDict,
 
   options.source: anything `memjax.data.sources.open` reads: 'tfds:NAME/CONFIG:SPLIT' (a memjax
   TFDS data set; mni152 is prepared on first use since it ships with nilearn, the others need
-  tools/prepare_data.py), a folder, or an .npy/.npz file. Sources give single-channel images
+  `memjax --config=prepare`), a folder, or an .npy/.npz file. Sources give single-channel images
   without their channel axis, which is put back: 2D images (H, W) become (H, W, 1), and with
   options.volumes=True 3D volumes (D, H, W) become (D, H, W, 1). options.num_images (0: all)
   keeps a fixed subset chosen by options.subset_seed alone (`sources.subset`).
