@@ -6,8 +6,8 @@ from ml_collections import config_dict
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.workflow = "audit"
-  config.seed = 0
+  config.workflow = "audit"  # what runs: audit, train, sample, demo, sweep or prepare
+  config.seed = 0  # the one random key of training and sampling
   # Deprecated names of config.audit.{synthetic,training,holdout}_images (one warning each).
   config.synthetic = config_dict.placeholder(str)
   config.train = config_dict.placeholder(str)
@@ -15,8 +15,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.audit = ml_collections.ConfigDict()
   # Images to audit: folders (PNG, JPEG, TIFF, NIfTI, npy/npz), .npy or .npz files, tfds: names.
-  config.audit.synthetic_images = config_dict.placeholder(str)
-  config.audit.training_images = config_dict.placeholder(str)
+  config.audit.synthetic_images = config_dict.placeholder(str)  # the images to audit
+  config.audit.training_images = config_dict.placeholder(str)  # what the generator trained on
   config.audit.holdout_images = config_dict.placeholder(str)  # real, never trained on
   config.audit.k = 5  # training matches kept per synthetic image
   config.audit.threshold = 0.95  # used when no holdout set is given
@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.audit.grayscale = False  # convert color images to one channel
   config.audit.num_pairs = 8  # most correlated pairs shown in pairs.png and the report
   config.audit.redact_training_images = False  # a report with no training pixels
-  config.audit.progress = True
+  config.audit.progress = True  # progress bars on stderr
   # the detectors, comma-separated: "correlation" (pixels, Akbar et al.), "transformed" (pixels
   # under flips, turns by 90 degrees and shifts, exactly), "embedding" (a contrastive encoder's
   # embeddings, Dar et al.; needs the work dir of a trained encoder, configs/*_contrastive.py, its
@@ -40,39 +40,42 @@ def get_config() -> ml_collections.ConfigDict:
   config.audit.detectors = "correlation"
   config.audit.detector = ""  # deprecated: the old single setting ("both": correlation,embedding)
   config.audit.max_shift = config_dict.placeholder(int)  # "transformed": None = 1/8 of the side
-  config.audit.encoder = ""
-  config.audit.encoder_step = config_dict.placeholder(int)
+  config.audit.encoder = ""  # the embedding detector: a contrastive encoder's work dir
+  config.audit.encoder_step = config_dict.placeholder(int)  # None: its latest checkpoint
 
   # Training (workflow "train") and sampling ("sample"): see memjax/train/loop.py and the
   # training configs (configs/*_ddpm.py), which set `model`.
   config.num_devices = 0  # devices of the data mesh; 0: all of them
   config.batch_size = 32  # global, split over the devices
-  config.num_train_steps = 100_000
+  config.num_train_steps = 100_000  # training ends at this step
   config.log_every_steps = 100  # TensorBoard scalars in workdir/events, averaged over these
-  config.checkpoint_every_steps = 1000
+  config.checkpoint_every_steps = 1000  # a checkpoint in workdir/checkpoints every N steps
   config.keep_checkpoints = 3  # the last N checkpoints are kept
-  config.async_checkpoints = True
+  config.async_checkpoints = True  # save checkpoints while training goes on
   config.sample_every_steps = 0  # an image grid in workdir/grids every N steps; 0: never
   config.grid_size = 16  # images in a training-time grid
   config.ema_decay = 0.9999  # EMA of the weights, used to sample; 0: no EMA
   config.num_samples = 1000  # images the sample workflow writes to workdir/samples
   config.sample_batch_size = 64  # images generated per chunk (one .npz file each)
-  config.progress = True
+  config.progress = True  # progress bars on stderr
 
   config.data = ml_collections.ConfigDict()
-  # 'tfds:NAME/CONFIG:SPLIT' (tools/prepare_data.py; mni152 is prepared on first use), or a
-  # folder, .npy or .npz file of training images.
+  # The training images: a folder (PNG 8/16-bit, JPEG, TIFF, NIfTI, .npy/.npz), a .npy or .npz
+  # file, or 'tfds:NAME/CONFIG:SPLIT' (memjax --config=prepare; mni152 is prepared on first use).
+  # Pixels enter the models in [-1, 1] by the range of their stored type (README, "Training on
+  # your own images").
   config.data.source = config_dict.placeholder(str)
   config.data.data_dir = config_dict.placeholder(str)  # default $MEMJAX_DATA_DIR
+  config.data.nifti_slice_axis = config_dict.placeholder(int)  # NIfTI: slices on this axis
   config.data.volumes = False  # folders and arrays: images are 3D volumes (D, H, W[, C])
   config.data.downsample = 1  # train on means of N^d pixel blocks (small 3D models)
   # Train on a fixed subset of N images of the source (0: all of them), the same N every run and
   # on every process, chosen by subset_seed alone (not config.seed, so that models of different
   # seeds see the same images); for one seed, a smaller subset lies inside a larger one.
   config.data.num_images = 0
-  config.data.subset_seed = 0
+  config.data.subset_seed = 0  # which N images (with num_images)
   config.data.num_threads = 4  # threads reading and decoding batches
-  config.data.prefetch_batches = 4
+  config.data.prefetch_batches = 4  # batches read ahead of the step
 
   config.model = ml_collections.ConfigDict()
   config.model.name = config_dict.placeholder(str)  # the family: "ddpm"
@@ -82,13 +85,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 1e-4
+  config.optimizer.learning_rate = 1e-4  # peak, after the warm-up
   config.optimizer.schedule = "constant"  # or "cosine" (to final_learning_rate_fraction)
   config.optimizer.warmup_steps = 1000  # linear warm-up from 0
-  config.optimizer.final_learning_rate_fraction = 0.0
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.999
-  config.optimizer.eps = 1e-8
+  config.optimizer.final_learning_rate_fraction = 0.0  # cosine: the last rate / the peak
+  config.optimizer.b1 = 0.9  # Adam's first-moment decay
+  config.optimizer.b2 = 0.999  # Adam's second-moment decay
+  config.optimizer.eps = 1e-8  # Adam's epsilon
   config.optimizer.weight_decay = 0.0  # AdamW's decoupled weight decay
   config.optimizer.grad_clip_norm = 1.0  # clip the global gradient norm; 0: no clipping
   return config

@@ -2,9 +2,10 @@ r"""A small U-Net DDPM on the MNI152 slices that ship with the install: 5 minute
 
   python launch.py --config=configs/demo_ddpm.py --workdir=runs/demo_ddpm
   python launch.py --config=configs/demo_ddpm.py --workdir=runs/demo_ddpm --config.workflow=sample
-  python launch.py --config=configs/audit.py --config.synthetic=runs/demo_ddpm/samples \
-      --config.train=tfds:mni152/64:train --config.holdout=tfds:mni152/64:holdout \
-      --workdir=runs/demo_ddpm/audit
+  python launch.py --config=configs/audit.py \
+      --config.audit.synthetic_images=runs/demo_ddpm/samples \
+      --config.audit.training_images=tfds:mni152/64:train \
+      --config.audit.holdout_images=tfds:mni152/64:holdout --workdir=runs/demo_ddpm/audit
 
 Not a setting of the paper: the setting of Akbar, Wang & Eklund (configs/brats20_ddpm.py) scaled
 down until a 2-core CPU trains it in about five minutes. The 48 training slices of one template

@@ -26,5 +26,6 @@ from configs import demo
 
 def get_config():
   config = demo.get_config()
+  config.workflow = "sweep"
   config.sizes = (8, 16, 48)
   return config

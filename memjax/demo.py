@@ -1,7 +1,7 @@
 """The main job: train each generator of the demo, sample and audit it, and compare them on a page.
 
   python launch.py --config=configs/demo.py --workdir=runs/demo
-  python launch.py --config=configs/demo_sweep.py --workdir=runs/demo_sweep  # with config.sizes
+  python launch.py --config=configs/demo_sweep.py --workdir=runs/demo_sweep  # the sweep workflow
 
 For each model named in `config.models` (each with its own training config under
 `config.<name>`): train in `workdir/<name>` (resuming), sample to `workdir/<name>/samples`,
@@ -9,7 +9,7 @@ audit against the images the models trained on, with the threshold calibrated on
 `config.audit.holdout_images`, in `workdir/audit/<name>`; then write `workdir/summary.json` and
 the self-contained `workdir/report.html`. Every stage reuses what is finished: a trained
 checkpoint, sample chunks of the same step and seed, an audit of the same samples with the same
-settings. With `config.sizes` the demo runs once per training-set size (memjax/demo_sweep.py).
+settings. The sweep workflow (memjax/demo_sweep.py) runs it once per training-set size.
 
 The models share one training set (`TrainingSet`): the same source, the same seeded subset
 (data.num_images, data.subset_seed) and the same pixel grid (data.downsample). The audit compares
@@ -32,17 +32,14 @@ import jax
 import ml_collections
 import numpy as np
 
+from memjax.cli import say
+
 _TIMING = "demo_timing.json"
 _AUDIT_INPUTS = "inputs.json"
 # What every model must share: the demo compares generators of one training set.
 _SHARED_DATA_KEYS = ("source", "num_images", "subset_seed", "downsample", "volumes")
 # Images whose pairwise correlations measure a set's variety (the first ones of the set).
 VARIETY_IMAGES = 128
-
-
-def say(text: str) -> None:
-  if jax.process_index() == 0:
-    print(text, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +75,7 @@ class TrainingSet:
 
 def training_set(config: ml_collections.ConfigDict, names: list[str]) -> TrainingSet:
   """The one training set of the models `names`; ValueError when they or the audit disagree."""
-  from memjax import workflows  # pylint: disable=g-import-not-at-top
+  from memjax.memorization import audit as audit_lib  # pylint: disable=g-import-not-at-top
   found = {}
   for key in _SHARED_DATA_KEYS:
     values = {name: config[name].data.get(key) for name in names}
@@ -89,7 +86,7 @@ def training_set(config: ml_collections.ConfigDict, names: list[str]) -> Trainin
                        f"data.{key} differ: " + ", ".join(f"--config.{name}.data.{key}={value}"
                                                           for name, value in values.items()))
     found[key] = values[names[0]]
-  training_images = workflows.audit_inputs(config)["training_images"]
+  training_images = audit_lib.audit_inputs(config)["training_images"]
   if training_images and training_images != found["source"]:
     raise ValueError(f"--config.audit.training_images={training_images} is not the models' "
                      f"training source --config.<model>.data.source={found['source']}: the demo "
@@ -207,12 +204,7 @@ def _check_models(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Runs the demo in `workdir` (the sweep when config.sizes is set); returns what it writes to
-  summary.json."""
-  if config.get("sizes"):
-    from memjax import demo_sweep  # pylint: disable=g-import-not-at-top
-    return demo_sweep.run_sweep(config, workdir)
-  from memjax import workflows  # pylint: disable=g-import-not-at-top
+  """Runs the demo in `workdir`; returns what it writes to summary.json."""
   from memjax.data import sources  # pylint: disable=g-import-not-at-top
   from memjax.memorization import audit as audit_lib  # pylint: disable=g-import-not-at-top
   from memjax.memorization import report  # pylint: disable=g-import-not-at-top
@@ -222,7 +214,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
   workdir = pathlib.Path(workdir)
   names = _check_models(config)
   data = training_set(config, names)
-  holdout_spec = workflows.audit_inputs(config)["holdout_images"]
+  holdout_spec = audit_lib.audit_inputs(config)["holdout_images"]
   if not holdout_spec:
     raise ValueError("the demo calibrates its threshold on --config.audit.holdout_images; give "
                      "one")

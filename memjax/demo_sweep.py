@@ -1,6 +1,6 @@
 """The demo at several training-set sizes: memorization against the number of training images.
 
-  python launch.py --config=configs/demo_sweep.py --workdir=runs/demo_sweep
+  python launch.py --config=configs/demo_sweep.py --workdir=runs/demo_sweep   # workflow "sweep"
 
 `config.sizes` lists the training-set sizes (e.g. 8, 16, 48); the demo (memjax/demo.py) runs
 once per size in `workdir/n<size>`, with every model's data.num_images set to that size and all
@@ -57,6 +57,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
   """Runs the demo at each of config.sizes in `workdir`; returns what it writes to
   summary.json: per model, each figure of FIGURE_KEYS as a list over the sizes."""
   from memjax import demo  # pylint: disable=g-import-not-at-top
+  from memjax.cli import say  # pylint: disable=g-import-not-at-top
   from memjax.memorization import audit as audit_lib  # pylint: disable=g-import-not-at-top
   from memjax.memorization.report import sweep_page  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
@@ -64,7 +65,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
   start = time.perf_counter()
   runs, summaries = {}, {}
   for n, size in enumerate(sizes):
-    demo.say(f"=== size {n + 1} of {len(sizes)}: {size} training images in "
+    say(f"=== size {n + 1} of {len(sizes)}: {size} training images in "
              f"{workdir / f'n{size}'}")
     summaries[size] = demo.run_demo(size_config(config, size), workdir / f"n{size}")
     runs[size] = f"n{size}/report.html"
@@ -88,6 +89,6 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     sweep_page.write_sweep_report(workdir / "report.html", sizes=sizes, models=models,
                                   runs=runs, settings=settings, result=result, notes=notes)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    demo.say(f"  {result}")
-    demo.say(f"report: {workdir / 'report.html'}")
+    say(f"  {result}")
+    say(f"report: {workdir / 'report.html'}")
   return summary

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-DATA_AXIS = "data"
+from memjax.data import DATA_AXIS  # pylint: disable=unused-import  (memjax.parallel.DATA_AXIS)
 
 
 # What JAX's own cluster detection reads (jax/_src/clusters): Slurm's and Open MPI's variables,

@@ -40,3 +40,15 @@ def pytest_configure(config):
 def rng():
   import numpy as np
   return np.random.default_rng(0)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked `slow` (minutes of training: the README's training commands) run only with
+  MEMJAX_SLOW=1."""
+  del config
+  if os.environ.get("MEMJAX_SLOW") == "1":
+    return
+  skip = pytest.mark.skip(reason="slow: minutes of training; run with MEMJAX_SLOW=1")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)

@@ -129,7 +129,7 @@ def _check_user_error(process, *fragments):
 
 
 def _audit_dir(workdir):
-  """Where the audit's files lie: the work dir's audit/ folder (DESIGN.md) or the work dir."""
+  """Where the audit's files lie: the work dir's audit/ folder (docs/architecture.md) or the work dir."""
   workdir = pathlib.Path(workdir)
   return workdir / "audit" if (workdir / "audit" / "matches.csv").exists() else workdir
 

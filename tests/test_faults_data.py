@@ -236,8 +236,8 @@ def test_truncated_array_record_is_one_line_and_a_rerun_rebuilds_it(tmp_path, ca
     sources.TfdsSource("cxr_pneumonia", "64", "train", data_dir=str(tmp_path / "data"))
   message = _one_line(error.value)
   assert str(shard) in message and "truncated" in message and "re-run the preparation" in message
-  assert (f"python tools/prepare_data.py --dataset={DATASET} --manual_dir=DIR "
-          f"--data_dir={tmp_path / 'data'}") in message
+  assert (f"memjax --config=prepare --config.prepare.dataset={DATASET} "
+          f"--config.prepare.manual_dir=DIR --config.data.data_dir={tmp_path / 'data'}") in message
 
   # The command that the message gives rebuilds the data set (a prepared one is otherwise kept).
   with caplog.at_level(logging.WARNING, logger="memjax.data.tfds_builder"):

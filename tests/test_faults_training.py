@@ -159,7 +159,7 @@ def test_changed_batch_size_is_refused_before_writing(denoiser_run, tmp_path):
   assert snapshot(workdir) == before
 
 
-def test_encoder_resumed_with_another_embedding_dim_keeps_its_config(tmp_path):
+def test_encoder_resumed_with_another_embedding_dim_keeps_its_config(tmp_path, capsys):
   images = tmp_path / "eight.npy"
   np.save(images, tiny_encoder.eight_images())
 
@@ -170,6 +170,10 @@ def test_encoder_resumed_with_another_embedding_dim_keeps_its_config(tmp_path):
 
   workdir = tmp_path / "encoder"
   workflows.run(encoder_config(), workdir)  # As launch.py runs it.
+  # An encoder is not sampled: its summary's next command is an audit that uses it.
+  printed = capsys.readouterr().out
+  assert "next, audit with it: " in printed and f"--config.audit.encoder={workdir}" in printed
+  assert "--config.workflow=sample" not in printed
   before = snapshot(workdir)
   assert "config.json" in before and "checkpoints/2/state/_METADATA" in before
 

@@ -1,5 +1,8 @@
 r"""Prepares a memjax data set (array_record files) from data the user has obtained.
 
+The `prepare` workflow of the memjax command does the same (`memjax --config=prepare
+--config.prepare.dataset=mni152/64`); this script keeps the older command line.
+
   python tools/prepare_data.py --dataset=brats2020/slices --manual_dir=DIR --data_dir=DIR [--strict]
   python tools/prepare_data.py --dataset=cxr_pneumonia/256 --manual_dir=DIR
   python tools/prepare_data.py --dataset=mni152/64   # ships with nilearn: no manual_dir
@@ -23,6 +26,7 @@ from absl import app
 from absl import flags
 
 from memjax import cli
+from memjax.data.prepare import prepare
 
 _DATASET = flags.DEFINE_string("dataset", None, "NAME[/CONFIG], e.g. brats2020/slices.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding the obtained data.")
@@ -35,49 +39,6 @@ _NUM_SUBJECTS = flags.DEFINE_integer("num_subjects", None,
 flags.mark_flags_as_required(["dataset"])
 
 
-def _builder_classes():
-  from memjax.data import brats, cxr, mni152  # pylint: disable=g-import-not-at-top
-  return {"brats2020": brats.Brats2020, "brats2021": brats.Brats2021,
-          "cxr_pneumonia": cxr.CxrPneumonia, "mni152": mni152.Mni152}
-
-
-def prepare(dataset: str, manual_dir: str | None, data_dir: str | None, strict: bool,
-            num_subjects: int | None) -> str:
-  """Builds `dataset` and returns a one-paragraph summary; ValueError/OSError for user errors."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from memjax.data import brats, tfds_builder  # pylint: disable=g-import-not-at-top
-
-  name, _, config_name = dataset.partition("/")
-  classes = _builder_classes()
-  if name not in classes:
-    raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(sorted(classes))}")
-  builder_class = classes[name]
-  config_names = [config.name for config in builder_class.BUILDER_CONFIGS]
-  config_name = config_name or config_names[0]
-  if config_name not in config_names:
-    raise ValueError(f"{name} has no config {config_name!r}; its configs are {config_names}")
-  kwargs = {"data_dir": data_dir or tfds_builder.default_data_dir()}
-  if num_subjects is not None:
-    if not issubclass(builder_class, brats.BratsBuilder):
-      raise ValueError(f"--num_subjects applies to brats2020 and brats2021, not {name}")
-    kwargs["config"] = brats.subset_config(config_name, num_subjects)
-  else:
-    kwargs["config"] = config_name
-  if builder_class.MANUAL_DIR_ERROR:
-    tfds_builder.check_manual_dir(manual_dir, name, builder_class.MANUAL_DIR_ERROR)
-    kwargs["strict"] = strict
-  builder = builder_class(**kwargs)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  counts = ", ".join(f"{split} {info.num_examples}" for split, info in builder.info.splits.items())
-  summary = f"{builder.info.full_name} prepared in {builder.data_dir}: {counts} examples"
-  metadata = builder.info.metadata or {}
-  for key in ("num_skipped_subjects", "num_skipped_files", "num_unparsed_file_names"):
-    if metadata.get(key):
-      summary += f"; {key.replace('_', ' ')[4:]}: {metadata[key]} (listed in metadata.json)"
-  return summary
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -87,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_tool_flags)

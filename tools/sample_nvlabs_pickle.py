@@ -2,8 +2,9 @@ r"""Samples a StyleGAN2 trained with NVlabs' code, with memjax's generator, for 
 
   python tools/sample_nvlabs_pickle.py --network=network-snapshot-025000.pkl --seeds=2-100002 \
       --out=runs/nvlabs/samples
-  python launch.py --workdir=runs/nvlabs --config.audit.synthetic_images=runs/nvlabs/samples \
-      --config.audit.training_images=TRAINING_IMAGES --config.audit.holdout_images=HELD_OUT
+  python launch.py --config=configs/audit.py --config.audit.synthetic_images=runs/nvlabs/samples \
+      --config.audit.training_images=TRAINING_IMAGES --config.audit.holdout_images=HELD_OUT \
+      --workdir=runs/nvlabs/audit
 
 The pickle (`network-snapshot-*.pkl` of stylegan2-ada-pytorch, or of stylegan3 with
 --cfg=stylegan2) is read by `memjax.models.nvlabs_pickle`, which needs neither NVlabs' code nor

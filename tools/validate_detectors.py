@@ -169,4 +169,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from memjax import cli as _cli  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=_cli.parse_tool_flags)

@@ -24,7 +24,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
-DATA_AXIS = "data"
+from memjax.data import DATA_AXIS
 
 
 @dataclasses.dataclass(frozen=True)

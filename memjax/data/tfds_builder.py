@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import importlib.util
+import io
 import logging
 import os
 import re
@@ -86,7 +87,10 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
           config = kwargs.get("download_config") or tfds.download.DownloadConfig()
           kwargs["download_config"] = dataclasses.replace(
               config, download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS)
-      super().download_and_prepare(*args, **kwargs)
+      # TFDS prints "Downloading and preparing dataset ..." on stdout: nothing is downloaded
+      # (builders read local files), and stdout holds the workflow's summary.
+      with contextlib.redirect_stdout(io.StringIO()):
+        super().download_and_prepare(*args, **kwargs)
 
   def _dataset_info(self, features: tfds.features.FeaturesDict, description: str,
                     homepage: str, citation: str = "") -> tfds.core.DatasetInfo:
@@ -116,15 +120,16 @@ def check_manual_dir(path: str | os.PathLike | None, dataset: str, instructions:
 
 
 def prepare_command(builder: tfds.core.DatasetBuilder) -> str:
-  """The tools/prepare_data.py command line that prepares `builder`'s data set."""
+  """The memjax command line (the prepare workflow) that prepares `builder`'s data set."""
   config = builder.builder_config
   dataset = builder.name if config is None else f"{builder.name}/{config.name}"
   extra = ""
   if getattr(config, "num_subjects", None) is not None:  # brats.subset_config
-    dataset, extra = f"{builder.name}/{config.kind}", f" --num_subjects={config.num_subjects}"
-  manual = " --manual_dir=DIR" if getattr(builder, "MANUAL_DIR_ERROR", "") else ""
-  return (f"python tools/prepare_data.py --dataset={dataset}{manual}{extra} "
-          f"--data_dir={builder.data_dir_root}")
+    dataset = f"{builder.name}/{config.kind}"
+    extra = f" --config.prepare.num_subjects={config.num_subjects}"
+  manual = " --config.prepare.manual_dir=DIR" if getattr(builder, "MANUAL_DIR_ERROR", "") else ""
+  return (f"memjax --config=prepare --config.prepare.dataset={dataset}{manual}{extra} "
+          f"--config.data.data_dir={builder.data_dir_root}")
 
 
 def damaged_files(builder: tfds.core.DatasetBuilder,

@@ -205,9 +205,11 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
   check_detector(names, embed_fn)
   synthetic = sources_lib.open_source(synthetic)
   train = sources_lib.open_source(train)
+  holdout = sources_lib.open_source(holdout) if holdout is not None else None
+  # One channel is one layout: (H, W, 1) samples against a folder of gray (H, W) images.
+  synthetic, train, holdout = sources_lib.one_layout(synthetic, train, holdout)
   sources_lib.check_same_shape(synthetic, train)
   if holdout is not None:
-    holdout = sources_lib.open_source(holdout)
     sources_lib.check_same_shape(holdout, train)
   if options.k > len(train):
     logging.warning("config.audit.k=%d is more than the %d training images of %s: keeping %d "
@@ -438,3 +440,25 @@ def json_safe(value):
   if isinstance(value, np.integer):
     return int(value)
   return value
+
+
+# The audit's images: (key in config.audit, deprecated top-level key, what it holds).
+AUDIT_INPUTS = (("synthetic_images", "synthetic", "the synthetic images"),
+                ("training_images", "train", "the training images"),
+                ("holdout_images", "holdout", "held-out real images"))
+
+
+def audit_inputs(config: Any) -> dict[str, str | None]:
+  """config.audit.{synthetic,training,holdout}_images, read from their old top-level names
+  (config.synthetic, config.train, config.holdout) with a one-line deprecation warning."""
+  found = {}
+  for key, old, _ in AUDIT_INPUTS:
+    value = config.audit.get(key) or None
+    if config.get(old):
+      logging.warning("--config.%s is deprecated: use --config.audit.%s", old, key)
+      if value and value != config[old]:
+        raise ValueError(f"--config.{old}={config[old]} and --config.audit.{key}={value} "
+                         "disagree; give only --config.audit." + key)
+      value = config[old]
+    found[key] = value
+  return found

@@ -50,7 +50,7 @@ def open_training_data(options: ml_collections.ConfigDict,
 
   options.source: anything `memjax.data.sources.open` reads: 'tfds:NAME/CONFIG:SPLIT' (a memjax
   TFDS data set; mni152 is prepared on first use since it ships with nilearn, the others need
-  tools/prepare_data.py), a folder, or an .npy/.npz file. Sources give single-channel images
+  `memjax --config=prepare`), a folder, or an .npy/.npz file. Sources give single-channel images
   without their channel axis, which is put back: 2D images (H, W) become (H, W, 1), and with
   options.volumes=True 3D volumes (D, H, W) become (D, H, W, 1). options.num_images (0: all)
   keeps a fixed subset chosen by options.subset_seed alone (`sources.subset`).
@@ -63,7 +63,7 @@ def open_training_data(options: ml_collections.ConfigDict,
   if tuple(features) != ("image",):
     raise ValueError(f"the trainer reads the features {tuple(features)}, but --config.data.source "
                      f"{spec!r} gives images only; pass the examples to train(data=...)")
-  images = _open_images(spec, options.get("data_dir"))
+  images = _open_images(spec, options.get("data_dir"), options.get("nifti_slice_axis"))
   # A fixed, seeded subset of options.num_images (0: all), the same on every run and process.
   from memjax.data import sources  # pylint: disable=g-import-not-at-top
   images = sources.subset(images, options.get("num_images") or None,
@@ -76,7 +76,7 @@ def open_training_data(options: ml_collections.ConfigDict,
                       images.description)
 
 
-def _open_images(spec: Any, data_dir: str | None) -> Any:
+def _open_images(spec: Any, data_dir: str | None, nifti_slice_axis: int | None = None) -> Any:
   """`sources.open(spec)`, with the two things it does not do yet for TFDS data sets.
 
   Until `memjax.data.sources.open` takes a `data_dir` and prepares, on first use, the data sets
@@ -86,8 +86,8 @@ def _open_images(spec: Any, data_dir: str | None) -> Any:
   """
   from memjax.data import sources  # pylint: disable=g-import-not-at-top
   is_tfds = isinstance(spec, str) and spec.startswith("tfds:")
-  if not is_tfds:
-    return sources.open(spec)
+  if not is_tfds:  # NIfTI files in a folder: volumes, or slices along nifti_slice_axis
+    return sources.open(spec, nifti_slice_axis=nifti_slice_axis)
 
   def open_split():
     if data_dir:

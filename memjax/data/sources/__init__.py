@@ -36,6 +36,8 @@ from memjax.data.sources.folders import IMAGE_EXTENSIONS
 from memjax.data.sources.folders import NIFTI_EXTENSIONS
 from memjax.data.sources.folders import SUPPORTED_EXTENSIONS
 from memjax.data.sources.subsets import BlockMeanSource
+from memjax.data.sources.subsets import ChannelDroppedSource
+from memjax.data.sources.subsets import one_layout
 from memjax.data.sources.subsets import subset
 from memjax.data.sources.subsets import subset_indices
 from memjax.data.sources.subsets import SubsetSource
@@ -44,9 +46,9 @@ from memjax.data.sources.tfds import TfdsSource
 
 __all__ = [
     "ARRAY_EXTENSIONS", "IMAGE_EXTENSIONS", "NIFTI_EXTENSIONS", "SUPPORTED_EXTENSIONS",
-    "ArraySource", "BlockMeanSource", "FolderSource", "ImageSource", "IndexedSource",
+    "ArraySource", "BlockMeanSource", "ChannelDroppedSource", "FolderSource", "ImageSource", "IndexedSource",
     "NumpyFileSource", "PathLike", "SubsetSource", "TfdsSource", "aligned_empty",
-    "check_same_shape", "open_source", "parse_tfds_spec", "subset", "subset_indices",
+    "check_same_shape", "one_layout", "open_source", "parse_tfds_spec", "subset", "subset_indices",
 ]
 
 _NPZ_KEY_PATTERN = re.compile(r"^(?P<path>.+\.npz):(?P<key>[^:/\\]+)$", re.IGNORECASE)
@@ -92,5 +94,5 @@ def open_source(spec: Any, *, nifti_slice_axis: int | None = None, grayscale: bo
     return NumpyFileSource(path)
   return FolderSource(path, nifti_slice_axis=nifti_slice_axis, grayscale=grayscale)
 
-# DESIGN.md names the one opener `sources.open`; both names are the same function.
+# docs/architecture.md names the one opener `sources.open`; both names are the same function.
 open = open_source  # pylint: disable=redefined-builtin

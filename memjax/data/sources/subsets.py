@@ -125,3 +125,48 @@ class BlockMeanSource(base.ImageSource):
 
   def close(self) -> None:
     self._source.close()
+
+
+class ChannelDroppedSource(base.ImageSource):
+  """Single-channel images (..., 1) of another source without their channel axis, as a folder
+  of gray PNGs holds them: (64, 64, 1) and (64, 64) are one layout of the same pixels."""
+
+  def __init__(self, source: base.ImageSource):
+    shape = tuple(source.shape)
+    if not shape or shape[-1] != 1:
+      raise ValueError(f"{source.description} has images of shape {shape}, not one channel")
+    self._source = source
+    self.description = source.description
+    self._set_layout(len(source), shape[:-1], source.dtype)
+
+  def _read_block(self, start: int, stop: int, dtype: np.dtype) -> np.ndarray:
+    return self._source.read(start, stop, dtype=dtype)[..., 0]
+
+  def _read_block_into(self, start: int, stop: int, out: np.ndarray) -> None:
+    self._source.read_into(start, stop, out.reshape(stop - start, *self._source.shape))
+
+  def image_id(self, index: int) -> str:
+    return self._source.image_id(index)
+
+  def ids(self) -> list[str]:
+    return self._source.ids()
+
+  def neighbors(self, index: int) -> tuple[int | None, int | None]:
+    return self._source.neighbors(index)
+
+  def close(self) -> None:
+    self._source.close()
+
+
+def one_layout(*sources: base.ImageSource | None) -> list[base.ImageSource | None]:
+  """`sources` (None passes through) in one layout where they differ only by a single channel
+  axis: those with a trailing axis of 1 lose it when another source's images lack it."""
+  present = [s for s in sources if s is not None]
+  shapes = {tuple(s.shape) for s in present}
+  if len(shapes) < 2:
+    return list(sources)
+  bare = {shape[:-1] if shape and shape[-1] == 1 else shape for shape in shapes}
+  if len(bare) != 1 or not any(shape in bare for shape in shapes):
+    return list(sources)  # another difference: check_same_shape says which
+  return [ChannelDroppedSource(s) if s is not None and tuple(s.shape) not in bare else s
+          for s in sources]

@@ -69,7 +69,8 @@ class TfdsSource(base.ImageSource):
       raise FileNotFoundError(
           f"{self.description}: no data set {full_name!r} is registered or prepared in "
           f"{data_dir or 'the TFDS default data_dir'}; memjax prepares brats2020, brats2021, "
-          "cxr_pneumonia and mni152 with python tools/prepare_data.py") from e
+          "cxr_pneumonia and mni152 with memjax --config=prepare "
+          "--config.prepare.dataset=NAME/CONFIG") from e
     if not builder.is_prepared():
       interrupted = tfds_builder.interrupted_preparations(builder.data_path)
       raise FileNotFoundError(
