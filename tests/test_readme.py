@@ -210,6 +210,10 @@ def test_example_matches_and_summary_are_the_readmes(example, workspace):
       assert found == shown, (where, shown, found)
 
   compare(shown, summary, "summary")
+  # Held-out phantoms of other "patients": no calibration warning, and a verdict with reasons.
+  assert summary["warnings"] == []
+  assert summary["decision"]["verdict"] == "do not release"  # the example plants exact copies
+  assert summary["decision"]["reasons"][0].startswith("2 synthetic images are copies")
 
 
 def test_audit_command_with_its_placeholders(example, workspace):

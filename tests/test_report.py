@@ -368,7 +368,11 @@ def test_redaction_never_reads_or_draws_training_pixels(tmp_path, rng, monkeypat
   for png in pngs:
     assert hard_edges(png) < 1000
   assert "Redacted: no training pixels appear on this page" in page
-  assert "patient_000" in page  # Ids remain, pixels do not.
+  # Neither pixels nor names: pseudonyms stand for ids, the same for one image on every page.
+  assert "patient_" not in page and "syn_" not in page
+  key = redaction.pseudonym_key(tmp_path / "redacted")
+  assert redaction.PseudonymSource(train_source, key, "training").image_id(0) in page
+  assert (tmp_path / "redacted" / redaction.PSEUDONYM_KEY_FILE).stat().st_mode & 0o077 == 0
   fig = report.pairs_figure(ArraySource(synthetic, "syn_"), train_source, max_correlation,
                             best_index, 0.5, num_pairs=4, redact_training_images=True)
   assert not fig.findobj(PathCollection)  # No scatter plot.

@@ -45,10 +45,12 @@ import memjax
 from memjax import outputs
 from memjax import parallel
 from memjax.data import sources as sources_lib
+from memjax.memorization import decision as decision_lib
 from memjax.memorization import detectors
 from memjax.memorization import embedding as embedding_lib
 from memjax.memorization import plugins
 from memjax.memorization import precision as precision_lib
+from memjax.memorization import provenance
 from memjax.memorization import report as report_lib
 from memjax.memorization import search as search_lib
 from memjax.memorization.result import AuditResult
@@ -87,6 +89,10 @@ class AuditOptions:
   memory_gb: the most memory a search may hold; images too large for it are searched in pieces
     of their pixels (memorization/pieces.py), so the audit fits whatever the image size.
   max_shift: the "transformed" detector's largest shift in pixels (None: an eighth of the side).
+  copy_level: a synthetic image at or above it by any detector is a copy: the verdict is "do not
+    release" (decision.py).
+  calibration_margin: a calibrated threshold within it of 1 (or held-out values whose median is
+    within twice it) is warned about: the held-out images may be of the training subjects.
   """
   detectors: tuple[str, ...] | str = ("correlation",)
   detector: str | None = None
@@ -101,6 +107,8 @@ class AuditOptions:
   encoder_description: str | None = None
   memory_gb: float = 2.0
   max_shift: int | None = None
+  copy_level: float = decision_lib.COPY_LEVEL
+  calibration_margin: float = decision_lib.CALIBRATION_MARGIN
 
   @property
   def detector_names(self) -> tuple[str, ...]:
@@ -122,7 +130,9 @@ class AuditOptions:
                num_pairs=get("num_pairs", 8),
                redact_training_images=bool(get("redact_training_images", False)),
                progress=bool(get("progress", True)), memory_gb=get("memory_gb", 2.0),
-               max_shift=get("max_shift"))
+               max_shift=get("max_shift"),
+               copy_level=get("copy_level", decision_lib.COPY_LEVEL),
+               calibration_margin=get("calibration_margin", decision_lib.CALIBRATION_MARGIN))
 
   @property
   def memory_bytes(self) -> int:
@@ -148,6 +158,11 @@ class AuditOptions:
         self.memory_gb, (int, float)) or not self.memory_gb > 0:
       raise ValueError(f"config.audit.memory_gb must be a positive number, got "
                        f"{self.memory_gb!r}")
+    for name, low, high in (("copy_level", 0.0, 1.0), ("calibration_margin", 0.0, 1.0)):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+        raise ValueError(f"config.audit.{name} must be a number in ({low:g}, {high:g}], got "
+                         f"{value!r}")
     if self.precision not in precision_lib.PRECISIONS:
       raise ValueError(f"config.audit.precision must be one of "
                        f"{', '.join(precision_lib.PRECISIONS)}, got {self.precision!r}")
@@ -225,6 +240,7 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
                        f"({synthetic.image_id(0)}, shape {synthetic.shape}): {e}") from e
   mesh = mesh if mesh is not None else parallel.data_mesh()
 
+  holdout_given = holdout
   overlap = None
   if (holdout is not None and holdout_max_correlation is None
       and not all(plugins.get(n).needs_encoder for n in names)):
@@ -240,7 +256,16 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
     results.append(found)
     files.update(written)
 
-  summary = Audit(_summary(synthetic, train, holdout, results, options.k, overlap), results)
+  decision, warnings = decision_lib.decide(
+      results, percentile=options.holdout_percentile, copy_level=options.copy_level,
+      margin=options.calibration_margin)
+  for warning in warnings:
+    logging.warning("%s", warning)
+  summary = Audit(_summary(synthetic, train, holdout, results, options.k, overlap,
+                           decision=decision, warnings=warnings,
+                           provenance=provenance.record(options, {
+                               "synthetic": synthetic, "train": train,
+                               "holdout": holdout_given})), results)
   if jax.process_index() != 0:  # every host holds the result; one writes it
     return summary
   _write(pathlib.Path(out_dir), synthetic, train, holdout, results, files, summary, options,
@@ -316,7 +341,8 @@ def _write(out_dir: pathlib.Path, synthetic, train, holdout, results, files, sum
       report_lib.write_audit_report(
           folder, synthetic=synthetic, train=train, results=results,
           summary=_report_summary(summary), num_pairs=options.num_pairs,
-          redact_training_images=options.redact_training_images, holdout=holdout)
+          redact_training_images=options.redact_training_images, holdout=holdout,
+          key_dir=out_dir)
     for name, text in extra_outputs.items():
       with outputs.writing(out_dir / name, len(text)):
         (folder / name).write_text(text)
@@ -401,10 +427,13 @@ def detector_summary(item: AuditResult, synthetic, train) -> dict[str, Any]:
   return summary
 
 
-def _summary(synthetic, train, holdout, found, k, overlap=None) -> dict[str, Any]:
+def _summary(synthetic, train, holdout, found, k, overlap=None, *, decision=None, warnings=(),
+             provenance=None) -> dict[str, Any]:
   per_detector = {item.measure: detector_summary(item, synthetic, train) for item in found}
   summary = {
       "memjax_version": memjax.__version__,
+      "decision": decision,
+      "warnings": list(warnings),
       "detector": ",".join(item.measure for item in found),
       "synthetic": _describe(synthetic),
       "train": _describe(train),
@@ -416,6 +445,8 @@ def _summary(synthetic, train, holdout, found, k, overlap=None) -> dict[str, Any
   if overlap is not None:
     # Held-out images identical to training images, left out of the calibration (`_calibrate`).
     summary["holdout"]["left_out_identical_to_training"] = overlap
+  if provenance is not None:
+    summary["provenance"] = provenance
   if len(found) == 2:
     first, second = found[0].memorized, found[1].memorized
     summary["agreement"] = {

@@ -365,6 +365,10 @@ class FolderSource(base.ImageSource):
   def ids(self) -> list[str]:
     return [self._id(entry, local) for entry in self._entries for local in range(entry.count)]
 
+  def files(self) -> list[tuple[str, str]]:
+    """(relative POSIX path, path) of every file the images come from, once each, in order."""
+    return list(dict.fromkeys((entry.relpath, entry.path) for entry in self._entries))
+
   def neighbors(self, index: int) -> tuple[int | None, int | None]:
     index = self._check_index(index)
     entry_index, local = self._locate(index)

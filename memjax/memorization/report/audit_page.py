@@ -40,7 +40,8 @@ def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: Any, train: An
                        measure: str = "correlation", num_pairs: int = 8,
                        redact_training_images: bool = False,
                        title: str = "memjax memorization audit",
-                       holdout: Any = None) -> dict[str, pathlib.Path]:
+                       holdout: Any = None,
+                       key_dir: str | pathlib.Path | None = None) -> dict[str, pathlib.Path]:
   """Writes histogram.png, pairs.png and a self-contained report.html into `out_dir`.
 
   Args:
@@ -59,6 +60,8 @@ def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: Any, train: An
     redact_training_images: apply the redaction policy of redaction.py (no training pixels).
     title: page title.
     holdout: the held-out image source, for the data table.
+    key_dir: where a redacted page's pseudonym key is kept (default `out_dir`;
+      redaction.pseudonym_key).
 
   Returns:
     The written paths: "histogram", "pairs", "report", and with two detectors also
@@ -91,6 +94,13 @@ def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: Any, train: An
   redaction = redaction_lib.policy(redact_training_images, scores)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
+  if redact_training_images:  # no file name, path or id on the page: pseudonyms instead
+    key = redaction_lib.pseudonym_key(key_dir if key_dir is not None else out)
+    synthetic = redaction_lib.PseudonymSource(synthetic, key, "synthetic")
+    train = redaction_lib.PseudonymSource(train, key, "training")
+    if holdout is not None:
+      holdout = redaction_lib.PseudonymSource(holdout, key, "holdout")
+    summary = redaction_lib.without_identifiers(summary)
 
   pngs: dict[str, bytes] = {}
   for index, detection in enumerate(detections):
@@ -256,14 +266,19 @@ def _render_page(*, title, synthetic, train, holdout, detections, summary, num_p
     total = left_out["count"] + left_out["kept"]
     verdicts.append(
         f"{left_out['count']} of {total} held-out images are identical to training images "
-        f"({', '.join(left_out['ids'][:5])}{' …' if left_out['count'] > 5 else ''}): they are "
+        f"({', '.join(left_out.get('ids', ['names withheld'])[:5])}"
+        f"{' …' if left_out['count'] > 5 and left_out.get('ids') else ''}): they are "
         f"the same patients, not different ones, so the threshold was calibrated on the other "
         f"{left_out['kept']}. Check how the holdout set was split from the training set.")
   measures = {d.measure for d in detections}
   methods = [PIXEL_METHOD] if measures & {"correlation", "transformed"} else []
   methods += [EMBEDDING_METHOD] if "embedding" in measures else []
+  decision = summary.get("decision") if isinstance(summary, Mapping) else None
   return render.render(
       "audit.html.j2", title=title, verdicts=verdicts, redaction_notice=redaction.notice(),
+      decision=decision, decision_headline=(decision["verdict"].capitalize()
+                                            if decision else None),
+      warnings=(summary.get("warnings") or []) if isinstance(summary, Mapping) else [],
       agreement=embed_png(pngs["agreement"]) if both else None,
       agreement_names=[text.words(d.measure)["name"] for d in detections],
       detectors=[_detector_context(d, n, len(detections), synthetic=synthetic, train=train,

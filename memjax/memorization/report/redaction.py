@@ -7,14 +7,21 @@ image that resembles a training image at 0.90 or more (or at or above the thresh
 lower) is withheld, by every detector that ran and always by the transform-tolerant correlation
 (`transformed_score`: flips, turns by 90 degrees and shifts, exactly), so that a flipped or
 shifted copy of a training image is withheld like an aligned one. Sample grids are left out.
-What remains: histograms and scatter plots of correlation values, ids, and synthetic images below
-the bar.
+What remains: histograms and scatter plots of correlation values, and synthetic images below
+the bar. Image ids become stable pseudonyms (`PseudonymSource`: a keyed hash, the key kept in the
+work dir as PSEUDONYM_KEY_FILE, never on the page) and no file name or path appears: hospital
+file names often carry patient or accession numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import hashlib
+import hmac
+import os
+import pathlib
+import secrets
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -69,9 +76,10 @@ class Redaction:
     if not self.enabled:
       return ""
     bars = {s.measure: s.bar for s in self.scores}
-    text = ("Redacted: no training pixels appear on this page. Training images are named by "
-            "their ids and never drawn, intensity scatter plots are hidden, and sample grids "
-            "are left out. A synthetic image is withheld where ")
+    text = ("Redacted: no training pixels appear on this page. Training images are never "
+            "drawn, every image is named by a pseudonym rather than its file name, intensity "
+            "scatter plots are hidden, and sample grids are left out. A synthetic image is "
+            "withheld where ")
     conditions = []
     if "correlation" in bars:
       conditions.append(f"its pixel correlation with a training image is "
@@ -110,3 +118,65 @@ def policy(enabled: bool, scores: Sequence[Score]) -> Redaction:
   for score in scores:
     withheld |= np.nan_to_num(score.values, nan=-np.inf) >= score.bar
   return Redaction(bool(enabled), withheld, scores)
+
+
+PSEUDONYM_KEY_FILE = ".pseudonym_key"
+
+
+def pseudonym_key(folder: str | os.PathLike) -> bytes:
+  """The work dir's pseudonym key: 32 random bytes, made once (owner-only) and kept, so that an
+  image has the same pseudonym on every page and re-run of the work dir."""
+  path = pathlib.Path(folder) / PSEUDONYM_KEY_FILE
+  if not path.exists():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+      f.write(secrets.token_bytes(32))
+  return path.read_bytes()
+
+
+class PseudonymSource:
+  """An image source whose ids are pseudonyms ("<role>-<10 hex digits>", an HMAC-SHA256 of the
+  id under `key`) and whose description names no file: everything else is the source's own,
+  including slice order (from the real ids, which never leave)."""
+
+  def __init__(self, source: Any, key: bytes, role: str):
+    self._source, self._key, self._role = source, key, role
+    self.description = f"the {role} images ({len(source)}; names withheld)"
+    self._order = None
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getattr__(self, name: str) -> Any:  # shape, dtype, read, read_into, ...
+    return getattr(self._source, name)
+
+  def image_id(self, index: int) -> str:
+    digest = hmac.new(self._key, f"{self._role}:{self._source.image_id(index)}".encode(),
+                      hashlib.sha256).hexdigest()
+    return f"{self._role}-{digest[:10]}"
+
+  def ids(self) -> list[str]:
+    return [self.image_id(i) for i in range(len(self))]
+
+  def neighbors(self, index: int) -> tuple[int | None, int | None]:
+    from memjax.memorization.report import slices  # pylint: disable=g-import-not-at-top
+    own = getattr(self._source, "neighbors", None)
+    found = tuple(own(index)) if callable(own) else (None, None)
+    if found != (None, None):
+      return found
+    if self._order is None:
+      self._order = slices.infer_slice_order(list(self._source.ids())) or {}
+    return self._order.get(int(index), (None, None))
+
+
+def without_identifiers(summary: Mapping[str, Any]) -> dict[str, Any]:
+  """A summary for a redacted page: no sources (paths), no image ids, no settings that can hold a
+  path; counts, values and fingerprints stay."""
+  dropped = {"source", "ids", "encoder_description", "encoder"}
+  out = {}
+  for key, value in summary.items():
+    if key in dropped:
+      continue
+    out[key] = without_identifiers(value) if isinstance(value, Mapping) else value
+  return out
