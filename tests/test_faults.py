@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from configs import audit as audit_config_file
+from memjax import outputs
 from memjax import workflows
 from memjax.memorization import audit
 from memjax.memorization import search as search_lib
@@ -49,13 +50,14 @@ def env():
   return variables
 
 
-def launch(*args, wait=True):
+def launch(*args, wait=True, extra_env=None):
   command = [sys.executable, "launch.py", "--config=configs/audit.py",
              "--config.audit.progress=false", *args]
+  variables = {**env(), **(extra_env or {})}
   if not wait:
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=env(), stdout=subprocess.PIPE,
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=variables, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-  return subprocess.run(command, cwd=REPO_ROOT, env=env(), capture_output=True, text=True,
+  return subprocess.run(command, cwd=REPO_ROOT, env=variables, capture_output=True, text=True,
                         timeout=300, check=False)
 
 
@@ -177,30 +179,66 @@ def audit_config(synthetic, train, **audit):
   return config
 
 
+def visible(workdir):
+  """What a reader of `workdir` sees: each result file's bytes (through the `.current` link)."""
+  return {p.name: p.read_bytes() for p in workdir.iterdir()
+          if p.is_file() and not p.name.startswith(".")}
+
+
 def test_a_killed_audit_leaves_the_previous_results_whole(folders, tmp_path):
   workdir = tmp_path / "audit"
   workflows.run(audit_config(folders / "copies.npy", folders / "train.npy"), workdir)
-  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  before = visible(workdir)
   assert json.loads(before["summary.json"])["num_memorized"] == 5
   process = launch(f"--config.audit.synthetic_images={folders / 'novel.npy'}",
                    f"--config.audit.training_images={folders / 'train.npy'}",
                    f"--workdir={workdir}", wait=False)
+  current = outputs.current_generation(workdir)
   deadline = time.monotonic() + 240
-  while not list(workdir.glob(".staging-*")) and process.poll() is None:
+  while ({p.name for p in workdir.glob(".generation-*")} <= {current.name}
+         and process.poll() is None):
     assert time.monotonic() < deadline
     time.sleep(0.005)
   process.send_signal(signal.SIGKILL)
   process.wait(timeout=60)
-  after = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
-  if "summary.json" in after and after["summary.json"] != before["summary.json"]:
+  if outputs.current_generation(workdir) != current:
     pytest.skip("the audit finished before it could be killed while writing")
   # Killed while staging: every file the reader sees is the earlier audit's.
-  for name in ("summary.json", "matches.csv", "report.html", "correlations.npz", "config.json"):
-    assert after.get(name) == before[name], name
-  # A re-run clears the killed run's staging folder and commits its own results.
+  assert visible(workdir) == before
+  # A re-run clears the killed run's generation folder and commits its own results.
   workflows.run(audit_config(folders / "novel.npy", folders / "train.npy"), workdir)
   assert json.loads((workdir / "summary.json").read_text())["num_memorized"] == 0
-  assert not list(workdir.glob(".staging-*"))
+  assert len(list(workdir.glob(".generation-*"))) == 1
+
+
+@pytest.mark.parametrize("step", ["staged", "swapped"])
+def test_an_audit_killed_at_each_step_of_its_commit_shows_one_whole_result(folders, tmp_path,
+                                                                          step):
+  """A real SIGKILL right after each step of the commit (issue 25, items 1 and 2): before the
+  swap the previous audit (k=5, 5 memorized) is whole, after it the new one (k=3) is."""
+  workdir = tmp_path / "audit"
+  workflows.run(audit_config(folders / "copies.npy", folders / "train.npy", k=5), workdir)
+  before = visible(workdir)
+  killed = launch(f"--config.audit.synthetic_images={folders / 'novel.npy'}",
+                  f"--config.audit.training_images={folders / 'train.npy'}",
+                  "--config.audit.k=3", f"--workdir={workdir}",
+                  extra_env={"MEMJAX_TEST_KILL_AT": step})
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  after = visible(workdir)
+  assert sorted(after) == sorted(before)
+  if step == "staged":
+    assert after == before
+    return
+  assert all(after[name] != before[name] for name in ("summary.json", "matches.csv",
+                                                        "config.json", "report.html"))
+  folder = outputs.current_generation(workdir)
+  for name in after:  # every file from the one new generation
+    assert pathlib.Path(os.path.realpath(workdir / name)).parent == folder.resolve(), name
+  summary = json.loads(after["summary.json"])
+  assert summary["num_memorized"] == 0 and summary["k"] == 3
+  rows = after["matches.csv"].decode().strip().splitlines()[1:]
+  assert len(rows) == 3 * 98
+  assert "k: 3" in after["config.json"].decode() or '"k": 3' in after["config.json"].decode()
 
 
 def test_a_failed_rerun_leaves_results_and_config_untouched(folders, tmp_path):
