@@ -206,9 +206,14 @@ def _fsync_dir(path: pathlib.Path) -> None:
 
 def _commit_step(step: str) -> None:
   """A hook for the fault tests: `MEMJAX_TEST_KILL_AT=<step>` kills the process with SIGKILL
-  right after that step of a commit (e.g. "staged", "linked matches.csv", "swapped")."""
-  if os.environ.get("MEMJAX_TEST_KILL_AT") == step:
-    os.kill(os.getpid(), signal.SIGKILL)
+  right after that step of a commit (e.g. "staged", "linked matches.csv", "swapped");
+  `MEMJAX_TEST_KILL_AT=SIGINT:<step>` sends it SIGINT (Ctrl-C) there instead."""
+  wanted = os.environ.get("MEMJAX_TEST_KILL_AT")
+  if not wanted:
+    return
+  name, _, at = wanted.rpartition(":") if wanted.startswith("SIG") else ("SIGKILL", "", wanted)
+  if at == step:
+    os.kill(os.getpid(), getattr(signal, name))
 
 
 class WorkdirLock:

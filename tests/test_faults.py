@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from configs import audit as audit_config_file
+from memjax import cli
 from memjax import outputs
 from memjax import workflows
 from memjax.memorization import audit
@@ -239,6 +240,37 @@ def test_an_audit_killed_at_each_step_of_its_commit_shows_one_whole_result(folde
   rows = after["matches.csv"].decode().strip().splitlines()[1:]
   assert len(rows) == 3 * 98
   assert "k: 3" in after["config.json"].decode() or '"k": 3' in after["config.json"].decode()
+
+
+@pytest.mark.parametrize("when", ["searching", "writing"])
+def test_ctrl_c_is_one_line_exit_130_and_the_previous_results_stay(folders, tmp_path, when):
+  """Issue 25, item 7: SIGINT while the audit searches (as soon as it holds the work dir) or
+  while it writes (its files staged, not yet swapped in)."""
+  workdir = tmp_path / "audit"
+  workflows.run(audit_config(folders / "copies.npy", folders / "train.npy"), workdir)
+  before = visible(workdir)
+  args = (f"--config.audit.synthetic_images={folders / 'novel.npy'}",
+          f"--config.audit.training_images={folders / 'train.npy'}", f"--workdir={workdir}")
+  if when == "writing":
+    process = launch(*args, extra_env={"MEMJAX_TEST_KILL_AT": "SIGINT:staged"})
+    stderr = process.stderr
+  else:
+    started = launch(*args, wait=False)
+    lock = workdir / ".memjax.lock"
+    deadline = time.monotonic() + 120
+    while lock.read_text().strip() != str(started.pid):
+      assert time.monotonic() < deadline and started.poll() is None, started.stderr.read()
+      time.sleep(0.005)
+    started.send_signal(signal.SIGINT)
+    _, stderr = started.communicate(timeout=120)
+    process = started
+    if process.returncode == 0:
+      pytest.skip("the audit finished before Ctrl-C reached it")
+  assert process.returncode == 130, stderr[-3000:]
+  assert "Traceback" not in stderr, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == cli.INTERRUPTED
+  assert visible(workdir) == before
+  assert len(list(workdir.glob(".generation-*"))) == 1  # the interrupted run's is gone
 
 
 def test_a_failed_rerun_leaves_results_and_config_untouched(folders, tmp_path):
