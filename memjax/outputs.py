@@ -28,7 +28,8 @@ _LEGACY_STAGING_PREFIX = ".staging-"  # an older memjax's staging folders
 _CURRENT = ".current"
 
 
-def _free_bytes(path: pathlib.Path) -> int | None:
+def free_bytes(path: pathlib.Path) -> int | None:
+  """The bytes free on `path`'s file system (None when it cannot be read)."""
   try:
     return shutil.disk_usage(path).free
   except OSError:
@@ -44,15 +45,16 @@ def writing(path: str | pathlib.Path, size_hint: int | None = None) -> Iterator[
     if error.errno not in (errno.ENOSPC, errno.EDQUOT):
       raise
     path = pathlib.Path(path)
-    free = _free_bytes(path.parent if path.parent.exists() else pathlib.Path("."))
-    need = f"about {_size(size_hint)}" if size_hint else "more space"
-    have = f"; {_size(free)} free there" if free is not None else ""
+    free = free_bytes(path.parent if path.parent.exists() else pathlib.Path("."))
+    need = f"about {size_text(size_hint)}" if size_hint else "more space"
+    have = f"; {size_text(free)} free there" if free is not None else ""
     raise OSError(f"no space left on the device to write {path}: it needs {need}"
                   f"{have}. Free some space or choose another --workdir; the previous results "
                   "are untouched") from error
 
 
-def _size(count: int | None) -> str:
+def size_text(count: int | None) -> str:
+  """`count` bytes in words: '512 bytes', '1.5 MB'."""
   if count is None:
     return "an unknown amount"
   for unit in ("bytes", "KB", "MB", "GB", "TB"):

@@ -18,6 +18,8 @@ import logging
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -193,3 +195,51 @@ def test_encoder_resumed_with_another_embedding_dim_keeps_its_config(tmp_path):
                           workdir)
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["optimizer"]["learning_rate"] == 1e-3 and saved["num_train_steps"] == 3
+
+
+# Issue 25, item 8: a full disk during a checkpoint.
+
+_RESUME_TO_12 = (
+    "import sys; sys.path[:0] = [{tests!r}, {root!r}]\n"
+    "import test_train_loop as tiny\n"
+    "from memjax import cli\n"
+    "from memjax.train import loop\n"
+    "config = tiny.make_config(num_train_steps=12, checkpoint_every_steps=4)\n"
+    "cli.run_reporting_user_errors(lambda: loop.train(\n"
+    "    config, sys.argv[1], tiny.make_trainer(config), data=tiny.training_data()))\n")
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temporary_step(
+    denoiser_run, tmp_path):
+  """A real full tmpfs: the run's steps 4 and 8 are on it, then it is filled but for 16 KB, and
+  the resumed run's step 12 does not fit. One line naming the folder and the space needed,
+  exit status 2, orbax's temporary folder of step 12 removed, steps 4 and 8 as they were."""
+  mount = tmp_path / "small"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                    capture_output=True, check=False).returncode:
+    pytest.skip("cannot mount a small tmpfs here")
+  try:
+    workdir = pathlib.Path(shutil.copytree(denoiser_run, mount / "run"))
+    before = snapshot(workdir)
+    free = shutil.disk_usage(mount).free
+    with open(mount / "filler", "wb") as filler:
+      filler.write(b"\0" * (free - 16 * 1024))
+    tests = pathlib.Path(__file__).resolve().parent
+    script = _RESUME_TO_12.format(tests=str(tests), root=str(tests.parent))
+    env = {k: v for k, v in os.environ.items() if k != "MEMJAX_TRACEBACK"}
+    process = subprocess.run([sys.executable, "-c", script, str(workdir)], cwd=tests.parent,
+                             env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert process.returncode == 2, process.stderr[-3000:]
+    lines = process.stderr.strip().splitlines()
+    assert len(lines) == 1, process.stderr[-5000:]  # no orbax traceback, no asyncio noise
+    folder = workdir / checkpoints.CHECKPOINTS
+    assert lines[0].startswith(f"error: no space left on the device to write checkpoint step 12 "
+                               f"in {folder}: it needs about "), lines[0]
+    assert "free there" in lines[0] and "resumes from the last complete checkpoint" in lines[0]
+    assert sorted(p.name for p in folder.iterdir()) == ["4", "8"]  # no 12.orbax-checkpoint-tmp
+    after = snapshot(workdir)
+    assert {k: v for k, v in after.items() if k.startswith(checkpoints.CHECKPOINTS)} == {
+        k: v for k, v in before.items() if k.startswith(checkpoints.CHECKPOINTS)}
+  finally:
+    subprocess.run(["umount", str(mount)], check=False)
