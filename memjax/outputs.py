@@ -46,6 +46,8 @@ def writing(path: str | pathlib.Path, size_hint: int | None = None) -> Iterator[
       raise
     path = pathlib.Path(path)
     free = free_bytes(path.parent if path.parent.exists() else pathlib.Path("."))
+    if path.parent.name.startswith(_GENERATION_PREFIX):  # named where a reader will find it
+      path = path.parent.parent / path.name
     need = f"about {size_text(size_hint)}" if size_hint else "more space"
     have = f"; {size_text(free)} free there" if free is not None else ""
     raise OSError(f"no space left on the device to write {path}: it needs {need}"

@@ -10,6 +10,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -318,6 +319,42 @@ def test_a_full_disk_names_the_file_and_keeps_nothing_half_written(folders, tmp_
     assert str(mount / "audit") in line and "needs about" in line
     left = sorted(p.name for p in (mount / "audit").iterdir())
     assert left in ([".memjax.lock"], []), left  # no cut matches.csv, no half pairs.png
+  finally:
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_at_the_report_names_it_and_its_size(folders, tmp_path):
+  """Issue 25, item 10: the disk fills at report.html (the files before it fit): the error gives
+  the page's size, as it does for the other files, and nothing is left half-written."""
+  reference = tmp_path / "reference"
+  workflows.run(audit_config(folders / "copies.npy", folders / "train.npy"), reference)
+  sizes = {p.name: p.stat().st_size for p in reference.iterdir()
+           if p.is_file() and not p.name.startswith(".")}
+  page = 4096
+  before_report = sum(-(-sizes[name] // page) * page for name in (
+      "matches.csv", "correlations.npz", "histogram.png", "pairs.png"))
+  assert sizes["report.html"] > 4 * page  # the page cannot fit in the margin below
+  mount = tmp_path / "small"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                    capture_output=True, check=False).returncode:
+    pytest.skip("cannot mount a small tmpfs here")
+  try:
+    free = shutil.disk_usage(mount).free
+    (mount / "filler").write_bytes(b"\0" * (free - before_report - 2 * page))
+    process = launch(f"--config.audit.synthetic_images={folders / 'copies.npy'}",
+                     f"--config.audit.training_images={folders / 'train.npy'}",
+                     f"--workdir={mount / 'audit'}")
+    assert process.returncode == 2, process.stderr
+    line = process.stderr.strip().splitlines()[-1]
+    prefix = f"error: no space left on the device to write {mount / 'audit' / 'report.html'}: "
+    assert line.startswith(prefix + "it needs about "), line
+    needed = re.match(r"([0-9.]+) KB;", line[len(prefix + "it needs about "):])
+    assert needed, line
+    assert abs(float(needed.group(1)) * 1024 - sizes["report.html"]) < 0.05 * sizes["report.html"]
+    assert "free there" in line
+    left = sorted(p.name for p in (mount / "audit").iterdir())
+    assert left in ([".memjax.lock"], []), left  # no generation folder, no report.html.tmp
   finally:
     subprocess.run(["umount", str(mount)], check=False)
 
