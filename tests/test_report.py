@@ -440,3 +440,41 @@ def test_module_never_touches_pyplot(tmp_path):
   root = pathlib.Path(__file__).resolve().parents[1]
   subprocess.run([sys.executable, "-c", code], check=True, cwd=root, timeout=60)
   assert (tmp_path / "report.html").is_file()
+
+
+def test_images_near_1e200_draw_and_correlate_as_at_unit_scale(rng):
+  """Issue 25, item 6: float64 images near 1e200 (a real source, read in its stored dtype)
+  draw the very grey levels, scatter and r of the same images at unit scale, with no overflow
+  warning and no blank panel."""
+  import warnings  # pylint: disable=import-outside-toplevel
+  from memjax.data.sources import arrays  # pylint: disable=import-outside-toplevel
+  train_unit = rng.standard_normal((6, 24, 20))
+  synthetic_unit = np.concatenate([train_unit[[2]], rng.standard_normal((2, 24, 20))])
+  best = np.array([2, 0, 1])
+  reference_r = [np.corrcoef(s.ravel(), train_unit[j].ravel())[0, 1]
+                 for s, j in zip(synthetic_unit, best)]
+
+  def draw(scale, offset):
+    train = arrays.ArraySource(train_unit * scale + offset, "train")
+    synthetic = arrays.ArraySource(synthetic_unit * scale + offset, "synthetic")
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", RuntimeWarning)
+      fig = report.pairs_figure(synthetic, train, np.asarray(reference_r), best, 0.9,
+                                num_pairs=3)
+      pixels = [np.asarray(image.get_array()) for ax in fig.axes for image in ax.get_images()]
+      r = [report.pearson(synthetic.read(i, i + 1, dtype=None), train.read(j, j + 1, dtype=None))
+           for i, j in enumerate(best)]
+    return fig, pixels, r
+
+  _, unit_pixels, unit_r = draw(1.0, 0.0)
+  fig, huge_pixels, huge_r = draw(1e199, 1e200)
+  assert len(huge_pixels) == 6  # a match and a synthetic panel per pair
+  for unit, huge in zip(unit_pixels, huge_pixels):
+    assert np.unique(huge).size > 100  # not a blank panel
+    np.testing.assert_allclose(huge.astype(float), unit.astype(float), atol=1)  # grey levels
+  np.testing.assert_allclose(unit_r, reference_r, atol=1e-12)
+  np.testing.assert_allclose(huge_r, reference_r, atol=1e-9)
+  texts = " ".join(figure_texts(fig))
+  assert "r undefined" not in texts and "r = 1.0000" in texts
+  assert report.pearson(np.full(10, 1e200), np.arange(10.0)) != report.pearson(
+      np.full(10, 1e200), np.arange(10.0))  # a constant image: NaN, no division by zero
