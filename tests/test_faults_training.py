@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import pathlib
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -209,37 +211,59 @@ _RESUME_TO_12 = (
     "    config, sys.argv[1], tiny.make_trainer(config), data=tiny.training_data()))\n")
 
 
-def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temporary_step(
-    denoiser_run, tmp_path):
-  """A real full tmpfs: the run's steps 4 and 8 are on it, then it is filled but for 16 KB, and
-  the resumed run's step 12 does not fit. One line naming the folder and the space needed,
-  exit status 2, orbax's temporary folder of step 12 removed, steps 4 and 8 as they were."""
-  mount = tmp_path / "small"
+def _can_mount_tmpfs(mount: pathlib.Path) -> bool:
   mount.mkdir()
-  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                    capture_output=True, check=False).returncode:
-    pytest.skip("cannot mount a small tmpfs here")
+  return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                        capture_output=True, check=False).returncode == 0
+
+
+def _limit_file_size():
+  """In the child: writes past 8 KB fail with EFBIG (SIGXFSZ ignored) instead of killing it."""
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+
+@pytest.mark.parametrize("fault", ["full tmpfs", "file size limit"])
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temporary_step(
+    denoiser_run, tmp_path, fault):
+  """The run's steps 4 and 8 are there, and the resumed run's step 12 does not fit: on a real
+  tmpfs filled but for 16 KB, or, where no tmpfs can be mounted, under an 8 KB RLIMIT_FSIZE
+  (its array files are 10 KB). One line naming the step, the folder and the space needed, exit
+  status 2, orbax's temporary folder of step 12 removed, steps 4 and 8 as they were."""
+  mount = tmp_path / "small"
+  mounted = _can_mount_tmpfs(mount)
+  if fault == "full tmpfs" and not mounted:
+    pytest.skip("cannot mount a small tmpfs here; the file size limit stands in for it")
+  if fault == "file size limit" and mounted and not os.environ.get("MEMJAX_TEST_FILE_LIMIT"):
+    subprocess.run(["umount", str(mount)], check=False)
+    pytest.skip("a real full tmpfs is tested here")
   try:
-    workdir = pathlib.Path(shutil.copytree(denoiser_run, mount / "run"))
+    workdir = pathlib.Path(shutil.copytree(denoiser_run, (mount if mounted else tmp_path) / "run"))
     before = snapshot(workdir)
-    free = shutil.disk_usage(mount).free
-    with open(mount / "filler", "wb") as filler:
-      filler.write(b"\0" * (free - 16 * 1024))
+    if fault == "full tmpfs":
+      free = shutil.disk_usage(mount).free
+      with open(mount / "filler", "wb") as filler:
+        filler.write(b"\0" * (free - 16 * 1024))
     tests = pathlib.Path(__file__).resolve().parent
     script = _RESUME_TO_12.format(tests=str(tests), root=str(tests.parent))
     env = {k: v for k, v in os.environ.items() if k != "MEMJAX_TRACEBACK"}
-    process = subprocess.run([sys.executable, "-c", script, str(workdir)], cwd=tests.parent,
-                             env=env, capture_output=True, text=True, timeout=300, check=False)
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = str(1 << 40)  # no cache writes
+    process = subprocess.run(
+        [sys.executable, "-c", script, str(workdir)], cwd=tests.parent, env=env,
+        capture_output=True, text=True, timeout=300, check=False,
+        preexec_fn=_limit_file_size if fault == "file size limit" else None)
     assert process.returncode == 2, process.stderr[-3000:]
     lines = process.stderr.strip().splitlines()
     assert len(lines) == 1, process.stderr[-5000:]  # no orbax traceback, no asyncio noise
     folder = workdir / checkpoints.CHECKPOINTS
-    assert lines[0].startswith(f"error: no space left on the device to write checkpoint step 12 "
-                               f"in {folder}: it needs about "), lines[0]
-    assert "free there" in lines[0] and "resumes from the last complete checkpoint" in lines[0]
+    what = ("error: no space left on the device to write" if fault == "full tmpfs" else
+            "error: the file size limit (ulimit -f) stopped the write of")
+    assert lines[0].startswith(f"{what} checkpoint step 12 in {folder}: it needs about "), lines[0]
+    assert "resumes from the last complete checkpoint" in lines[0]
     assert sorted(p.name for p in folder.iterdir()) == ["4", "8"]  # no 12.orbax-checkpoint-tmp
     after = snapshot(workdir)
     assert {k: v for k, v in after.items() if k.startswith(checkpoints.CHECKPOINTS)} == {
         k: v for k, v in before.items() if k.startswith(checkpoints.CHECKPOINTS)}
   finally:
-    subprocess.run(["umount", str(mount)], check=False)
+    if mounted:
+      subprocess.run(["umount", str(mount)], check=False)

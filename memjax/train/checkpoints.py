@@ -96,15 +96,18 @@ def _quiet_orbax() -> None:
 
 
 # How tensorstore (under orbax) says that a write found the disk full.
-_DISK_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|"
-                             r"os_error_code='(28|122)'")
+_DISK_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|File too large|"
+                             r"os_error_code='(27|28|122)'")
+# The same for a write past the process's file size limit (ulimit -f, RLIMIT_FSIZE).
+_FILE_LIMIT_TEXT = re.compile(r"File too large|os_error_code='27'")
 TEMPORARY_STEP = "*.orbax-checkpoint-tmp*"  # orbax's folder of a step being written
 
 
 def is_disk_full(error: BaseException) -> bool:
-  """Whether `error`, or an error it was raised from, is a full disk (or quota)."""
+  """Whether `error`, or an error it was raised from, is a full disk (or quota, or the file
+  size limit)."""
   for _ in range(16):
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
       return True
     if _DISK_FULL_TEXT.search(str(error)):
       return True
@@ -136,10 +139,26 @@ def disk_full_error(workdir: pathlib.Path, state: Any, error: BaseException) -> 
   else:
     need = sum(int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree.leaves(state))
     size = f"more than {outputs.size_text(need)} (the training state, and orbax's metadata)"
+  if _hit_file_size_limit(error):
+    return OSError(f"the file size limit (ulimit -f) stopped the write of checkpoint step "
+                   f"{', '.join(steps)} in {folder}: it needs {size}. Raise the limit and run "
+                   "the same command again: it resumes from the last complete checkpoint, which "
+                   "is intact")
   return OSError(f"no space left on the device to write checkpoint step {', '.join(steps)} in "
                  f"{folder}: it needs {size}{have}. Free some space (or lower keep_checkpoints) "
                  "and run the same command again: it resumes from the last complete checkpoint, "
                  "which is intact")
+
+
+def _hit_file_size_limit(error: BaseException | None) -> bool:
+  for _ in range(16):
+    if error is None:
+      return False
+    if (isinstance(error, OSError) and error.errno == errno.EFBIG) or _FILE_LIMIT_TEXT.search(
+        str(error)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def _remove_temporary_steps(folder: pathlib.Path, settle_seconds: float = 0.3,
