@@ -38,17 +38,21 @@ def free_bytes(path: pathlib.Path) -> int | None:
 
 @contextlib.contextmanager
 def writing(path: str | pathlib.Path, size_hint: int | None = None) -> Iterator[None]:
-  """Turns "no space left on device" while writing `path` into an error that names the file."""
+  """Turns "no space left on device" (or the file size limit) while writing `path` into an error
+  that names the file and the space it needs."""
   try:
     yield
   except OSError as error:
-    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
       raise
     path = pathlib.Path(path)
     free = free_bytes(path.parent if path.parent.exists() else pathlib.Path("."))
     if path.parent.name.startswith(_GENERATION_PREFIX):  # named where a reader will find it
       path = path.parent.parent / path.name
     need = f"about {size_text(size_hint)}" if size_hint else "more space"
+    if error.errno == errno.EFBIG:  # past the process's file size limit, not a full disk
+      raise OSError(f"the file size limit (ulimit -f) stopped the write of {path}: it needs "
+                    f"{need}. Raise the limit; the previous results are untouched") from error
     have = f"; {size_text(free)} free there" if free is not None else ""
     raise OSError(f"no space left on the device to write {path}: it needs {need}"
                   f"{have}. Free some space or choose another --workdir; the previous results "
