@@ -143,12 +143,10 @@ def grey_levels(plane: np.ndarray) -> np.ndarray:
   return np.rint(np.clip(np.nan_to_num(scaled), 0.0, 1.0) * 255).astype(np.uint8)
 
 
-_grey_bytes = grey_levels
-
 
 def plane_png(plane: np.ndarray, max_side: int | None = None) -> bytes:
   """A 2-D plane as an 8-bit grey PNG, min-max scaled; shrunk to `max_side` pixels if larger."""
-  image = Image.fromarray(_grey_bytes(plane))
+  image = Image.fromarray(grey_levels(plane))
   if max_side is not None and max(image.size) > max_side:
     image.thumbnail((max_side, max_side), Image.BILINEAR)
   buffer = io.BytesIO()
@@ -159,7 +157,7 @@ def plane_png(plane: np.ndarray, max_side: int | None = None) -> bytes:
 def grid_png(source: Any, count: int) -> bytes:
   """The first `count` images of `source` as one grey grid, each min-max scaled."""
   count = min(count, len(source))
-  planes = [_grey_bytes(display_plane(read_one(source, i))) for i in range(count)]
+  planes = [grey_levels(display_plane(read_one(source, i))) for i in range(count)]
   h, w = planes[0].shape
   cols = int(np.ceil(np.sqrt(count)))
   rows = int(np.ceil(count / cols))
