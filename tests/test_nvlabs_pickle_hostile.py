@@ -189,7 +189,7 @@ def test_the_sampling_tool_says_one_line_naming_the_file(tmp_path):
       sys.argv = [{str(TOOL)!r}, "--network", sys.argv[1], "--seeds", "0-3", "--out", "samples"]
       runpy.run_path(sys.argv[0], run_name="__main__")
       """)
-  for name in ("field_at_2_30", "stride_0", "bytearray8_2_40", "deep_200000"):
+  for name in ("field_at_2_30", "stride_0"):  # a crash and 1 GiB before the fix
     path = tmp_path / f"{name}.pkl"
     path.write_bytes(HOSTILE[name][0])
     child = run_child(code, [str(path)], tmp_path)
