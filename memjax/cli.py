@@ -1,5 +1,6 @@
-"""What memjax's command lines share: a user error ends in one line and exit status 2; a config
-by name or path; `--help` with a config's keys; what a workflow says on stdout."""
+"""What memjax's command lines share: a user error ends in one line and exit status 2, Ctrl-C
+in one line and exit status 130; a config by name or path; `--help` with a config's keys; what a
+workflow says on stdout."""
 
 import importlib.util
 import os
@@ -17,8 +18,16 @@ T = TypeVar("T")
 USER_ERRORS = (ValueError, OSError, NotImplementedError)
 
 
+# Ctrl-C's exit status, as a shell reports a process that SIGINT ended (128 + 2).
+INTERRUPTED_STATUS = 130
+INTERRUPTED = ("interrupted (Ctrl-C): nothing half-written is left; the work dir keeps its "
+               "previous results and finished checkpoints as they were. Run the same command "
+               "again to redo the step (training resumes from its last checkpoint)")
+
+
 def run_reporting_user_errors(function: Callable[[], T]) -> T:
-  """Runs `function`; a user error prints `error: ...` on stderr and exits with status 2.
+  """Runs `function`; a user error prints `error: ...` on stderr and exits with status 2, and
+  Ctrl-C prints one line saying what it left and exits with status 130.
 
   Set MEMJAX_TRACEBACK=1 to see the traceback instead.
   """
@@ -30,6 +39,12 @@ def run_reporting_user_errors(function: Callable[[], T]) -> T:
     logging.flush()
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
+  except KeyboardInterrupt:
+    if os.environ.get("MEMJAX_TRACEBACK"):
+      raise
+    logging.flush()
+    print(INTERRUPTED, file=sys.stderr)
+    sys.exit(INTERRUPTED_STATUS)
 
 
 def say(text: str) -> None:

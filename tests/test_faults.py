@@ -10,6 +10,8 @@ import logging
 import os
 import pathlib
 import re
+import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +21,8 @@ import numpy as np
 import pytest
 
 from configs import audit as audit_config_file
+from memjax import cli
+from memjax import outputs
 from memjax import workflows
 from memjax.memorization import audit
 from memjax.memorization import search as search_lib
@@ -49,13 +53,14 @@ def env():
   return variables
 
 
-def launch(*args, wait=True):
+def launch(*args, wait=True, extra_env=None):
   command = [sys.executable, "launch.py", "--config=configs/audit.py",
              "--config.audit.progress=false", *args]
+  variables = {**env(), **(extra_env or {})}
   if not wait:
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=env(), stdout=subprocess.PIPE,
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=variables, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-  return subprocess.run(command, cwd=REPO_ROOT, env=env(), capture_output=True, text=True,
+  return subprocess.run(command, cwd=REPO_ROOT, env=variables, capture_output=True, text=True,
                         timeout=300, check=False)
 
 
@@ -177,30 +182,97 @@ def audit_config(synthetic, train, **audit):
   return config
 
 
+def visible(workdir):
+  """What a reader of `workdir` sees: each result file's bytes (through the `.current` link)."""
+  return {p.name: p.read_bytes() for p in workdir.iterdir()
+          if p.is_file() and not p.name.startswith(".")}
+
+
 def test_a_killed_audit_leaves_the_previous_results_whole(folders, tmp_path):
   workdir = tmp_path / "audit"
   workflows.run(audit_config(folders / "copies.npy", folders / "train.npy"), workdir)
-  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  before = visible(workdir)
   assert json.loads(before["summary.json"])["num_memorized"] == 5
   process = launch(f"--config.audit.synthetic_images={folders / 'novel.npy'}",
                    f"--config.audit.training_images={folders / 'train.npy'}",
                    f"--workdir={workdir}", wait=False)
+  current = outputs.current_generation(workdir)
   deadline = time.monotonic() + 240
-  while not list(workdir.glob(".staging-*")) and process.poll() is None:
+  while ({p.name for p in workdir.glob(".generation-*")} <= {current.name}
+         and process.poll() is None):
     assert time.monotonic() < deadline
     time.sleep(0.005)
   process.send_signal(signal.SIGKILL)
   process.wait(timeout=60)
-  after = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
-  if "summary.json" in after and after["summary.json"] != before["summary.json"]:
+  if outputs.current_generation(workdir) != current:
     pytest.skip("the audit finished before it could be killed while writing")
   # Killed while staging: every file the reader sees is the earlier audit's.
-  for name in ("summary.json", "matches.csv", "report.html", "correlations.npz", "config.json"):
-    assert after.get(name) == before[name], name
-  # A re-run clears the killed run's staging folder and commits its own results.
+  assert visible(workdir) == before
+  # A re-run clears the killed run's generation folder and commits its own results.
   workflows.run(audit_config(folders / "novel.npy", folders / "train.npy"), workdir)
   assert json.loads((workdir / "summary.json").read_text())["num_memorized"] == 0
-  assert not list(workdir.glob(".staging-*"))
+  assert len(list(workdir.glob(".generation-*"))) == 1
+
+
+@pytest.mark.parametrize("step", ["staged", "swapped"])
+def test_an_audit_killed_at_each_step_of_its_commit_shows_one_whole_result(folders, tmp_path,
+                                                                          step):
+  """A real SIGKILL right after each step of the commit (issue 25, items 1 and 2): before the
+  swap the previous audit (k=5, 5 memorized) is whole, after it the new one (k=3) is."""
+  workdir = tmp_path / "audit"
+  workflows.run(audit_config(folders / "copies.npy", folders / "train.npy", k=5), workdir)
+  before = visible(workdir)
+  killed = launch(f"--config.audit.synthetic_images={folders / 'novel.npy'}",
+                  f"--config.audit.training_images={folders / 'train.npy'}",
+                  "--config.audit.k=3", f"--workdir={workdir}",
+                  extra_env={"MEMJAX_TEST_KILL_AT": step})
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  after = visible(workdir)
+  assert sorted(after) == sorted(before)
+  if step == "staged":
+    assert after == before
+    return
+  assert all(after[name] != before[name] for name in ("summary.json", "matches.csv",
+                                                        "config.json", "report.html"))
+  folder = outputs.current_generation(workdir)
+  for name in after:  # every file from the one new generation
+    assert pathlib.Path(os.path.realpath(workdir / name)).parent == folder.resolve(), name
+  summary = json.loads(after["summary.json"])
+  assert summary["num_memorized"] == 0 and summary["k"] == 3
+  rows = after["matches.csv"].decode().strip().splitlines()[1:]
+  assert len(rows) == 3 * 98
+  assert "k: 3" in after["config.json"].decode() or '"k": 3' in after["config.json"].decode()
+
+
+@pytest.mark.parametrize("when", ["searching", "writing"])
+def test_ctrl_c_is_one_line_exit_130_and_the_previous_results_stay(folders, tmp_path, when):
+  """Issue 25, item 7: SIGINT while the audit searches (as soon as it holds the work dir) or
+  while it writes (its files staged, not yet swapped in)."""
+  workdir = tmp_path / "audit"
+  workflows.run(audit_config(folders / "copies.npy", folders / "train.npy"), workdir)
+  before = visible(workdir)
+  args = (f"--config.audit.synthetic_images={folders / 'novel.npy'}",
+          f"--config.audit.training_images={folders / 'train.npy'}", f"--workdir={workdir}")
+  if when == "writing":
+    process = launch(*args, extra_env={"MEMJAX_TEST_KILL_AT": "SIGINT:staged"})
+    stderr = process.stderr
+  else:
+    started = launch(*args, wait=False)
+    lock = workdir / ".memjax.lock"
+    deadline = time.monotonic() + 120
+    while lock.read_text().strip() != str(started.pid):
+      assert time.monotonic() < deadline and started.poll() is None, started.stderr.read()
+      time.sleep(0.005)
+    started.send_signal(signal.SIGINT)
+    _, stderr = started.communicate(timeout=120)
+    process = started
+    if process.returncode == 0:
+      pytest.skip("the audit finished before Ctrl-C reached it")
+  assert process.returncode == 130, stderr[-3000:]
+  assert "Traceback" not in stderr, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == cli.INTERRUPTED
+  assert visible(workdir) == before
+  assert len(list(workdir.glob(".generation-*"))) == 1  # the interrupted run's is gone
 
 
 def test_a_failed_rerun_leaves_results_and_config_untouched(folders, tmp_path):
@@ -250,6 +322,66 @@ def test_a_full_disk_names_the_file_and_keeps_nothing_half_written(folders, tmp_
     assert left in ([".memjax.lock"], []), left  # no cut matches.csv, no half pairs.png
   finally:
     subprocess.run(["umount", str(mount)], check=False)
+
+
+def _limit_file_size(limit):
+  def apply():  # in the child: writes past `limit` fail with EFBIG instead of killing it
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+  return apply
+
+
+@pytest.mark.parametrize("fault", ["full tmpfs", "file size limit"])
+def test_a_full_disk_at_the_report_names_it_and_its_size(folders, tmp_path, fault):
+  """Issue 25, item 10: the disk fills at report.html (the files before it fit): the error gives
+  the page's size, as it does for the other files, and nothing is left half-written. On a real
+  tmpfs, or where none can be mounted, under a file size limit that only the page exceeds."""
+  reference = tmp_path / "reference"
+  workflows.run(audit_config(folders / "copies.npy", folders / "train.npy"), reference)
+  sizes = {p.name: p.stat().st_size for p in reference.iterdir()
+           if p.is_file() and not p.name.startswith(".")}
+  page = 4096
+  before_report = sum(-(-sizes[name] // page) * page for name in (
+      "matches.csv", "correlations.npz", "histogram.png", "pairs.png"))
+  assert sizes["report.html"] > 4 * page  # the page cannot fit in the margin below
+  mount = tmp_path / "small"
+  mount.mkdir()
+  mounted = not subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                               capture_output=True, check=False).returncode
+  try:
+    if fault == "full tmpfs":
+      if not mounted:
+        pytest.skip("cannot mount a small tmpfs here; the file size limit stands in for it")
+      free = shutil.disk_usage(mount).free
+      (mount / "filler").write_bytes(b"\0" * (free - before_report - 2 * page))
+      limit = None
+    else:
+      if mounted and not os.environ.get("MEMJAX_TEST_FILE_LIMIT"):
+        pytest.skip("a real full tmpfs is tested here")
+      others = max(size for name, size in sizes.items() if name != "report.html")
+      assert others < sizes["report.html"]
+      limit = _limit_file_size((others + sizes["report.html"]) // 2)
+    out = mount / "audit"
+    command = [sys.executable, "launch.py", "--config=configs/audit.py",
+               "--config.audit.progress=false",
+               f"--config.audit.synthetic_images={folders / 'copies.npy'}",
+               f"--config.audit.training_images={folders / 'train.npy'}", f"--workdir={out}"]
+    process = subprocess.run(command, cwd=REPO_ROOT, env=env(), capture_output=True, text=True,
+                             timeout=300, check=False, preexec_fn=limit)
+    assert process.returncode == 2, process.stderr
+    line = process.stderr.strip().splitlines()[-1]
+    what = ("no space left on the device to write" if fault == "full tmpfs" else
+            "the file size limit (ulimit -f) stopped the write of")
+    prefix = f"error: {what} {out / 'report.html'}: it needs about "
+    assert line.startswith(prefix), line
+    needed = re.match(r"([0-9.]+) KB[;.]", line[len(prefix):])
+    assert needed, line
+    assert abs(float(needed.group(1)) * 1024 - sizes["report.html"]) < 0.05 * sizes["report.html"]
+    left = sorted(p.name for p in out.iterdir())
+    assert left in ([".memjax.lock"], []), left  # no generation folder, no report.html.tmp
+  finally:
+    if mounted:
+      subprocess.run(["umount", str(mount)], check=False)
 
 
 # 10, 12, 13. Settings.

@@ -17,7 +17,11 @@ import json
 import logging
 import os
 import pathlib
+import resource
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -197,3 +201,73 @@ def test_encoder_resumed_with_another_embedding_dim_keeps_its_config(tmp_path, c
                           workdir)
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["optimizer"]["learning_rate"] == 1e-3 and saved["num_train_steps"] == 3
+
+
+# Issue 25, item 8: a full disk during a checkpoint.
+
+_RESUME_TO_12 = (
+    "import sys; sys.path[:0] = [{tests!r}, {root!r}]\n"
+    "import test_train_loop as tiny\n"
+    "from memjax import cli\n"
+    "from memjax.train import loop\n"
+    "config = tiny.make_config(num_train_steps=12, checkpoint_every_steps=4)\n"
+    "cli.run_reporting_user_errors(lambda: loop.train(\n"
+    "    config, sys.argv[1], tiny.make_trainer(config), data=tiny.training_data()))\n")
+
+
+def _can_mount_tmpfs(mount: pathlib.Path) -> bool:
+  mount.mkdir()
+  return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                        capture_output=True, check=False).returncode == 0
+
+
+def _limit_file_size():
+  """In the child: writes past 8 KB fail with EFBIG (SIGXFSZ ignored) instead of killing it."""
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+
+@pytest.mark.parametrize("fault", ["full tmpfs", "file size limit"])
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_temporary_step(
+    denoiser_run, tmp_path, fault):
+  """The run's steps 4 and 8 are there, and the resumed run's step 12 does not fit: on a real
+  tmpfs filled but for 16 KB, or, where no tmpfs can be mounted, under an 8 KB RLIMIT_FSIZE
+  (its array files are 10 KB). One line naming the step, the folder and the space needed, exit
+  status 2, orbax's temporary folder of step 12 removed, steps 4 and 8 as they were."""
+  mount = tmp_path / "small"
+  mounted = _can_mount_tmpfs(mount)
+  if fault == "full tmpfs" and not mounted:
+    pytest.skip("cannot mount a small tmpfs here; the file size limit stands in for it")
+  if fault == "file size limit" and mounted and not os.environ.get("MEMJAX_TEST_FILE_LIMIT"):
+    subprocess.run(["umount", str(mount)], check=False)
+    pytest.skip("a real full tmpfs is tested here")
+  try:
+    workdir = pathlib.Path(shutil.copytree(denoiser_run, (mount if mounted else tmp_path) / "run"))
+    before = snapshot(workdir)
+    if fault == "full tmpfs":
+      free = shutil.disk_usage(mount).free
+      with open(mount / "filler", "wb") as filler:
+        filler.write(b"\0" * (free - 16 * 1024))
+    tests = pathlib.Path(__file__).resolve().parent
+    script = _RESUME_TO_12.format(tests=str(tests), root=str(tests.parent))
+    env = {k: v for k, v in os.environ.items() if k != "MEMJAX_TRACEBACK"}
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = str(1 << 40)  # no cache writes
+    process = subprocess.run(
+        [sys.executable, "-c", script, str(workdir)], cwd=tests.parent, env=env,
+        capture_output=True, text=True, timeout=300, check=False,
+        preexec_fn=_limit_file_size if fault == "file size limit" else None)
+    assert process.returncode == 2, process.stderr[-3000:]
+    lines = process.stderr.strip().splitlines()
+    assert len(lines) == 1, process.stderr[-5000:]  # no orbax traceback, no asyncio noise
+    folder = workdir / checkpoints.CHECKPOINTS
+    what = ("error: no space left on the device to write" if fault == "full tmpfs" else
+            "error: the file size limit (ulimit -f) stopped the write of")
+    assert lines[0].startswith(f"{what} checkpoint step 12 in {folder}: it needs about "), lines[0]
+    assert "resumes from the last complete checkpoint" in lines[0]
+    assert sorted(p.name for p in folder.iterdir()) == ["4", "8"]  # no 12.orbax-checkpoint-tmp
+    after = snapshot(workdir)
+    assert {k: v for k, v in after.items() if k.startswith(checkpoints.CHECKPOINTS)} == {
+        k: v for k, v in before.items() if k.startswith(checkpoints.CHECKPOINTS)}
+  finally:
+    if mounted:
+      subprocess.run(["umount", str(mount)], check=False)

@@ -444,3 +444,82 @@ def test_module_never_touches_pyplot(tmp_path):
   root = pathlib.Path(__file__).resolve().parents[1]
   subprocess.run([sys.executable, "-c", code], check=True, cwd=root, timeout=60)
   assert (tmp_path / "report.html").is_file()
+
+
+def test_images_near_1e200_draw_and_correlate_as_at_unit_scale(rng):
+  """Issue 25, item 6: float64 images near 1e200 (a real source, read in its stored dtype)
+  draw the very grey levels, scatter and r of the same images at unit scale, with no overflow
+  warning and no blank panel."""
+  import warnings  # pylint: disable=import-outside-toplevel
+  from memjax.data.sources import arrays  # pylint: disable=import-outside-toplevel
+  train_unit = rng.standard_normal((6, 24, 20))
+  synthetic_unit = np.concatenate([train_unit[[2]], rng.standard_normal((2, 24, 20))])
+  best = np.array([2, 0, 1])
+  reference_r = [np.corrcoef(s.ravel(), train_unit[j].ravel())[0, 1]
+                 for s, j in zip(synthetic_unit, best)]
+
+  def draw(scale, offset):
+    train = arrays.ArraySource(train_unit * scale + offset, "train")
+    synthetic = arrays.ArraySource(synthetic_unit * scale + offset, "synthetic")
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", RuntimeWarning)
+      fig = report.pairs_figure(synthetic, train, np.asarray(reference_r), best, 0.9,
+                                num_pairs=3)
+      pixels = [np.asarray(image.get_array()) for ax in fig.axes for image in ax.get_images()]
+      r = [report.pearson(synthetic.read(i, i + 1, dtype=None), train.read(j, j + 1, dtype=None))
+           for i, j in enumerate(best)]
+    return fig, pixels, r
+
+  _, unit_pixels, unit_r = draw(1.0, 0.0)
+  fig, huge_pixels, huge_r = draw(1e199, 1e200)
+  assert len(huge_pixels) == 6  # a match and a synthetic panel per pair
+  for unit, huge in zip(unit_pixels, huge_pixels):
+    assert np.unique(huge).size > 100  # not a blank panel
+    np.testing.assert_allclose(huge.astype(float), unit.astype(float), atol=1)  # grey levels
+  np.testing.assert_allclose(unit_r, reference_r, atol=1e-12)
+  np.testing.assert_allclose(huge_r, reference_r, atol=1e-9)
+  texts = " ".join(figure_texts(fig))
+  assert "r undefined" not in texts and "r = 1.0000" in texts
+  assert report.pearson(np.full(10, 1e200), np.arange(10.0)) != report.pearson(
+      np.full(10, 1e200), np.arange(10.0))  # a constant image: NaN, no division by zero
+
+
+_REPORT_MEMORY = """
+import resource, sys, pathlib
+import numpy as np
+from memjax.data import sources
+from memjax.memorization import report
+folder = pathlib.Path(sys.argv[1])
+def write(out, synthetic, train):
+  report.write_audit_report(folder / out, synthetic=synthetic, train=train, summary={"n": 2},
+                            max_correlation=np.array([1.0, 0.01]), best_index=np.array([1, 0]),
+                            threshold=0.5, threshold_rule="fixed", num_pairs=2)
+tiny = np.ones((3, 8, 8), np.float32) * np.arange(8)
+write("warm", sources.open_source(tiny[:2]), sources.open_source(tiny))  # imports, fonts
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+write("out", sources.open_source(str(folder / "synthetic.npy")),
+      sources.open_source(str(folder / "train.npy")))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_a_large_images_report_holds_no_float64_copy_of_a_pair(tmp_path, rng):
+  """Issue 25, item 9, scaled down to 3000 x 3000 float32 images (36 MB each): writing the report
+  (figures and page) raises the peak RSS by less than 5 images. A pair with its float64 copies
+  would be 6; the report before the fix took 19 here (and 4.97 GiB at 8000 x 8000)."""
+  side = 3000
+  train = rng.standard_normal((3, side, side), dtype=np.float32)
+  np.save(tmp_path / "train.npy", train)
+  np.save(tmp_path / "synthetic.npy",
+          np.stack([train[1], rng.standard_normal((side, side), dtype=np.float32)]))
+  del train
+  child = subprocess.run([sys.executable, "-c", _REPORT_MEMORY, str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, check=False,
+                         cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert child.returncode == 0, child.stderr[-3000:]
+  growth = int(child.stdout.strip().splitlines()[-1])
+  image_bytes = side * side * 4
+  assert growth < 5 * image_bytes, f"{growth / 2**20:.0f} MB"
+  page = (tmp_path / "out" / "report.html").read_text("utf-8")
+  assert len(page) < 20 * 2**20  # planes drawn at most 1024 pixels a side, not 3000
+  assert "MEMORIZED" in page or "memorized" in page

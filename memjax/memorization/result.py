@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from memjax import outputs
+
 _EMPTY = np.zeros(0, np.int64)
 
 
@@ -104,8 +106,9 @@ def _prefix(measure: str) -> str:
 
 
 def read_results(out_dir: str | pathlib.Path) -> list[AuditResult]:
-  """The results of a finished audit in `out_dir`, from correlations.npz and summary.json."""
-  out_dir = pathlib.Path(out_dir)
+  """The results of a finished audit in `out_dir`, from correlations.npz and summary.json (both
+  from its current generation, so that an audit committing meanwhile cannot mix two runs)."""
+  out_dir = outputs.results_folder(out_dir)
   summary = json.loads((out_dir / "summary.json").read_text())
   results = []
   with np.load(out_dir / "correlations.npz") as stored:

@@ -13,7 +13,12 @@ persistent ids name the storages, followed by their raw bytes).
 globals above (and plain containers and numpy scalars), turns every persistent object into a
 `PersistentObject` record without running its source code, and every tensor into a numpy array.
 Anything else, a TensorFlow pickle, a `torch.save` archive, or a global outside that list, is
-refused with the file's name. `load_nvlabs_pickle` then builds memjax's `Generator` and
+refused with the file's name. The files come from other groups, so the loader treats them as
+hostile: numpy dtypes are plain numbers only (never a structured dtype whose fields lie outside
+its bytes), nothing is allocated beyond what the file holds (every declared length is checked
+against the bytes present before unpickling; a tensor with more elements than its storage, a
+stride-0 broadcast, is refused), nesting and size are bounded, and whatever goes wrong is one
+`ValueError` naming the file. `load_nvlabs_pickle` then builds memjax's `Generator` and
 `Discriminator` with the architecture the pickle's modules record (resolution, channels,
 dimensions, mapping depth and learning-rate multiplier, w average decay, conv clamp, minibatch
 standard deviation) and copies the weights in with `load_torch_state_dict`, which checks every
@@ -37,6 +42,7 @@ import functools
 import io
 import pathlib
 import pickle
+import pickletools
 import struct
 from typing import Any
 
@@ -46,11 +52,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from memjax.models import stylegan2
-
-try:  # Where numpy pickles its scalars and arrays from: numpy._core since numpy 2.
-  from numpy._core import multiarray as _multiarray  # pylint: disable=g-import-not-at-top
-except ImportError:
-  from numpy.core import multiarray as _multiarray  # pylint: disable=g-import-not-at-top
 
 # torch.save's legacy format starts with this pickled integer (torch/serialization.py).
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -150,16 +151,156 @@ def _rebuild_tensor(storage, offset, size, stride, *_):
   if not isinstance(storage, np.ndarray):
     raise pickle.UnpicklingError("a tensor whose storage is not a storage")
   size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(offset)
-  if len(size) != len(stride) or min(stride, default=0) < 0:
+  if (len(size) != len(stride) or len(size) > 32 or min(stride, default=0) < 0
+      or min(size, default=0) < 0):
     raise pickle.UnpicklingError(f"a tensor of size {size} with strides {stride}")
+  count = int(np.prod(size, dtype=object)) if size else 1
   if 0 in size:
+    if max(size) >= 2**31:
+      raise pickle.UnpicklingError(f"an empty tensor of size {size}")
     return np.zeros(size, storage.dtype)
+  if count > storage.size:
+    # Only overlapping strides (a stride-0 broadcast) make more elements than the storage
+    # holds; NVlabs' networks have none, and copying one out could fill any amount of memory.
+    raise pickle.UnpicklingError(
+        f"a tensor of size {size} (strides {stride}) with {count} elements over a storage of "
+        f"{storage.size}: a broadcast view, which memjax does not read")
   last = offset + sum((n - 1) * s for n, s in zip(size, stride))
   if offset < 0 or last >= storage.size:
     raise pickle.UnpicklingError(f"a tensor of size {size} past its storage of {storage.size}")
   view = np.lib.stride_tricks.as_strided(
       storage[offset:], size, tuple(s * storage.itemsize for s in stride), writeable=False)
   return np.array(view)
+
+
+class _NumpyDtype:
+  """`numpy.dtype` as a pickle calls it: only a plain number (bool, int, uint, float, complex).
+
+  A pickled dtype's state (BUILD) could make it a structured dtype whose fields lie outside its
+  bytes; reading such a scalar reads other memory. Here the state is checked and never handed
+  to numpy: the dtype is rebuilt from its type code and byte order alone.
+  """
+
+  def __init__(self, spec, align=False, copy=False):
+    del align, copy
+    try:
+      dtype = np.dtype(spec) if isinstance(spec, str) and len(spec) <= 8 else None
+    except TypeError:
+      dtype = None
+    if dtype is None or dtype.kind not in "biufc" or dtype.fields is not None or dtype.shape:
+      raise pickle.UnpicklingError(f"a numpy dtype {spec!r} that is not a plain number")
+    self.dtype = dtype
+
+  def __setstate__(self, state):
+    if not (isinstance(state, tuple) and len(state) in (8, 9) and state[1] in ("<", ">", "|", "=")
+            and state[2] is None and state[3] is None and state[4] is None
+            and state[5] in (-1, self.dtype.itemsize) and isinstance(state[6], int)):
+      raise pickle.UnpicklingError(f"a numpy dtype {self.dtype.str} with the state {state!r:.80}: "
+                                   "fields, a subarray or a size of its own, not a plain number")
+    if state[1] in "<>":
+      self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _numpy_scalar(dtype, data=None):
+  """numpy's pickled scalar: `data` (its bytes) read as the plain numeric `dtype`."""
+  if not isinstance(dtype, _NumpyDtype):
+    raise pickle.UnpicklingError("a numpy scalar without a plain numeric dtype")
+  if not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
+    raise pickle.UnpicklingError(f"a numpy {dtype.dtype} scalar of {len(data or b'')} bytes "
+                                 f"rather than {dtype.dtype.itemsize}")
+  return np.frombuffer(data, dtype.dtype)[0]
+
+
+class _NumpyArrayType:
+  """What the pickle's `numpy.ndarray` names: only `_reconstruct`'s first argument, never called
+  (`numpy.ndarray(shape)` would allocate whatever shape the file declares)."""
+
+  def __init__(self, *_):
+    raise pickle.UnpicklingError("a call of numpy.ndarray")
+
+
+class _NumpyArray:
+  """numpy's pickled array (`_reconstruct(ndarray, ...)` and its state), read only from the
+  bytes the file holds: a plain numeric dtype, a shape whose size those bytes match."""
+
+  def __init__(self, cls, *_):
+    if cls is not _NumpyArrayType:
+      raise pickle.UnpicklingError("numpy's _reconstruct of something else than an ndarray")
+    self.array: np.ndarray | None = None
+
+  def __setstate__(self, state):
+    if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], _NumpyDtype)
+            and isinstance(state[1], tuple) and isinstance(state[4], bytes)):
+      raise pickle.UnpicklingError("a numpy array that is not a plain numeric array of bytes")
+    _, shape, dtype, fortran, data = state
+    if len(shape) > 32 or not all(isinstance(n, int) and n >= 0 for n in shape):
+      raise pickle.UnpicklingError(f"a numpy array of shape {shape!r:.80}")
+    count = int(np.prod(shape, dtype=object)) if shape else 1
+    if count * dtype.dtype.itemsize != len(data):
+      raise pickle.UnpicklingError(f"a numpy array of shape {shape} holding {len(data)} bytes, "
+                                   f"not the {count * dtype.dtype.itemsize} it needs")
+    self.array = np.frombuffer(data, dtype.dtype).reshape(shape, order="F" if fortran else "C")
+
+
+# Bounds on the unpickled structure (NVlabs' snapshots nest about 30 deep, in about 10^4 values):
+# deeper or larger is a crafted file, refused before anything recurses through it.
+_MAX_DEPTH = 100
+_MAX_VALUES = 1_000_000
+
+
+def _resolved(contents, path: pathlib.Path):
+  """`contents` with the numpy records as numpy values, its depth and size checked."""
+  budget = [_MAX_VALUES]
+
+  def visit(value, depth):
+    budget[0] -= 1
+    if depth > _MAX_DEPTH or budget[0] < 0:
+      raise ValueError(f"{path}: a network pickle nested deeper than {_MAX_DEPTH} levels or "
+                       f"holding more than {_MAX_VALUES} values; not an NVlabs snapshot")
+    if isinstance(value, _NumpyArray):
+      return value.array if value.array is not None else np.zeros(0, np.uint8)
+    if isinstance(value, _NumpyDtype):
+      return value.dtype
+    if isinstance(value, PersistentObject):
+      visit(value.state, depth + 1)
+    elif isinstance(value, dict):
+      for key, item in value.items():
+        visit(key, depth + 1)
+        value[key] = visit(item, depth + 1)
+    elif isinstance(value, list):
+      value[:] = [visit(item, depth + 1) for item in value]
+    elif isinstance(value, tuple):
+      items = [visit(item, depth + 1) for item in value]
+      if any(a is not b for a, b in zip(items, value)):
+        value = type(value)(items)
+    elif isinstance(value, (set, frozenset)):
+      for item in value:
+        if isinstance(item, (_NumpyArray, _NumpyDtype)):
+          raise ValueError(f"{path}: a numpy value inside a set; not an NVlabs snapshot")
+        visit(item, depth + 1)
+    return value
+
+  return visit(contents, 0)
+
+
+def _scanned(stream: io.BytesIO, path: pathlib.Path) -> io.BytesIO:
+  """Checks the pickle at `stream`'s position opcode by opcode (without building anything)
+  before it is loaded: a length the file declares but does not hold (a 2^40-byte bytearray in
+  a few hundred bytes) is refused here, where unpickling would first allocate it."""
+  start = stream.tell()
+  try:
+    for _ in pickletools.genops(stream):
+      pass
+  except Exception as error:  # pylint: disable=broad-except
+    raise ValueError(f"{path}: a damaged or truncated network pickle ({_one_line(error)})"
+                     ) from None
+  stream.seek(start)
+  return stream
+
+
+def _one_line(error: BaseException) -> str:
+  text = " ".join(str(error).split()) or type(error).__name__
+  return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _rebuild_parameter(data, *_):
@@ -226,7 +367,9 @@ def _load_storage(data: bytes, path: pathlib.Path) -> np.ndarray:
     raise ValueError(f"{path}: a storage in torch's zip format; memjax reads the legacy stream "
                      "that pickling a tensor writes")
   stream = io.BytesIO(data)
-  header = _StorageUnpickler  # The header pickles hold only ints, a dict of ints, a key list.
+  def header(stream, path):  # The header pickles hold only ints, a dict of ints, a key list.
+    return _StorageUnpickler(_scanned(stream, path), path)
+
   try:
     magic, version = header(stream, path).load(), header(stream, path).load()
     system = header(stream, path).load()
@@ -234,7 +377,7 @@ def _load_storage(data: bytes, path: pathlib.Path) -> np.ndarray:
       raise ValueError(f"{path}: a storage stream with magic {magic!r}, version {version!r}")
     if not (isinstance(system, dict) and system.get("little_endian", False)):
       raise ValueError(f"{path}: a storage written on a big-endian machine")
-    unpickler = _StorageUnpickler(stream, path)
+    unpickler = header(stream, path)
     storage = unpickler.load()
     keys = header(stream, path).load()
   except (pickle.UnpicklingError, EOFError, TypeError) as error:
@@ -270,12 +413,11 @@ class _SnapshotUnpickler(_Restricted):
         ("builtins", "set"): set, ("__builtin__", "set"): set,
         ("builtins", "frozenset"): frozenset, ("__builtin__", "frozenset"): frozenset,
         ("_codecs", "encode"): _latin1,
-        ("numpy", "dtype"): np.dtype, ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): _NumpyDtype, ("numpy", "ndarray"): _NumpyArrayType,
     }
-    reconstruct = _multiarray._reconstruct  # pylint: disable=protected-access
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-      self.allowed[module, "scalar"] = _multiarray.scalar
-      self.allowed[module, "_reconstruct"] = reconstruct
+      self.allowed[module, "scalar"] = _numpy_scalar
+      self.allowed[module, "_reconstruct"] = _NumpyArray
 
 
 def read_nvlabs_pickle(path: str | pathlib.Path) -> dict[str, Any]:
@@ -293,9 +435,15 @@ def read_nvlabs_pickle(path: str | pathlib.Path) -> dict[str, Any]:
   if data[:1] != b"\x80":
     raise ValueError(f"{path}: not a pickle (protocol 2 or later) of NVlabs networks")
   try:
-    contents = _SnapshotUnpickler(io.BytesIO(data), path).load()
-  except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError) as error:
-    raise ValueError(f"{path}: a damaged or truncated network pickle ({error})") from None
+    contents = _SnapshotUnpickler(_scanned(io.BytesIO(data), path), path).load()
+    contents = _resolved(contents, path)
+  except Exception as error:  # pylint: disable=broad-except
+    # Whatever a crafted file makes go wrong is one error naming it (a ValueError from the
+    # checks above already does).
+    if isinstance(error, ValueError) and str(error).startswith(f"{path}: "):
+      raise ValueError(" ".join(str(error).split())) from None
+    raise ValueError(f"{path}: a damaged or truncated network pickle ({_one_line(error)})"
+                     ) from None
   if not isinstance(contents, dict) or not any(
       isinstance(contents.get(k), PersistentObject) for k in _NETWORKS):
     raise ValueError(f"{path}: not an NVlabs network pickle: it holds no 'G', 'D' or 'G_ema' "
@@ -418,9 +566,9 @@ def load_nvlabs_pickle(path: str | pathlib.Path, *, networks: Iterable[str] = _N
     if not isinstance(network, PersistentObject):
       raise ValueError(f"{path}: holds no network {name!r} (it holds "
                        f"{sorted(k for k, v in contents.items() if v is not None)})")
-    kwargs[name] = network.init_kwargs
-    state = network.state_dict()
     try:
+      kwargs[name] = network.init_kwargs
+      state = network.state_dict()
       if name == "D":
         arguments = discriminator_arguments(network, path, name)
         model = nnx.eval_shape(lambda a=arguments: stylegan2.Discriminator(
@@ -431,9 +579,9 @@ def load_nvlabs_pickle(path: str | pathlib.Path, *, networks: Iterable[str] = _N
             **a, dtype=dtype, rngs=nnx.Rngs(0)))
       # The model's shapes only (no random weights drawn): every variable is the pickle's.
       model.load_torch_state_dict(state)
-    except (KeyError, TypeError) as error:
-      raise _fail(path, name, f"lacks what memjax reads from a StyleGAN2 network ({error})"
-                  ) from None
+    except (KeyError, TypeError, AttributeError, IndexError, OverflowError) as error:
+      raise _fail(path, name, "lacks what memjax reads from a StyleGAN2 network "
+                  f"({_one_line(error)})") from None
     except ValueError as error:
       if str(error).startswith(str(path)):
         raise

@@ -16,10 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
+import errno
 import json
 import logging as std_logging
 import os
 import pathlib
+import re
+import shutil
+import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from absl import logging
@@ -27,6 +32,7 @@ from flax import nnx
 import jax
 import numpy as np
 
+from memjax import outputs
 from memjax import parallel
 from memjax.train import run_config
 from memjax.train import state as state_lib
@@ -62,11 +68,155 @@ class _BelowWarningFrom(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or self._part not in record.pathname
 
 
+class _DiskFullFrom(std_logging.Filter):
+  """Drops a package's error records about a full disk: each of orbax's threads logs its own
+  traceback of the one failed write, where `disk_full_error` says it once, in one line."""
+
+  def __init__(self, package: str):
+    super().__init__()
+    self._part = f"{os.sep}{package}{os.sep}" if package else ""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if self._part not in record.pathname:
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    return not ((error is not None and is_disk_full(error))
+                or _DISK_FULL_TEXT.search(record.getMessage()))
+
+
 def _quiet_orbax() -> None:
-  """Orbax logs every stage of every save at INFO; keep its warnings and errors only."""
+  """Orbax logs every stage of every save at INFO; keep its warnings and errors only, and none
+  about a full disk (the run ends with one line saying so)."""
   absl_logger = std_logging.getLogger("absl")
   if not any(isinstance(f, _BelowWarningFrom) for f in absl_logger.filters):
     absl_logger.addFilter(_BelowWarningFrom("orbax"))
+  if not any(isinstance(f, _DiskFullFrom) for f in absl_logger.filters):
+    absl_logger.addFilter(_DiskFullFrom("orbax"))
+  _silence_failed_writes()
+
+
+# How tensorstore (under orbax) says that a write found the disk full.
+_DISK_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|File too large|"
+                             r"os_error_code='(27|28|122)'")
+# The same for a write past the process's file size limit (ulimit -f, RLIMIT_FSIZE).
+_FILE_LIMIT_TEXT = re.compile(r"File too large|os_error_code='27'")
+TEMPORARY_STEP = "*.orbax-checkpoint-tmp*"  # orbax's folder of a step being written
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether `error`, or an error it was raised from, is a full disk (or quota, or the file
+  size limit)."""
+  for _ in range(16):
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+      return True
+    if _DISK_FULL_TEXT.search(str(error)):
+      return True
+    error = error.__cause__ or error.__context__
+    if error is None:
+      return False
+  return False
+
+
+def disk_full_error(workdir: pathlib.Path, state: Any, error: BaseException) -> OSError:
+  """The one-line error of a run that found the disk full, after removing orbax's temporary
+  folder of the checkpoint it was writing (nothing of it is kept; the earlier steps are intact)."""
+  folder = pathlib.Path(workdir) / CHECKPOINTS
+  temporary = sorted(folder.glob(TEMPORARY_STEP))
+  if jax.process_index() == 0:
+    _remove_temporary_steps(folder)
+  steps = sorted({path.name.split(".", 1)[0] for path in temporary})
+  free = outputs.free_bytes(folder if folder.exists() else pathlib.Path(workdir))
+  have = f"; {outputs.size_text(free)} free there" if free is not None else ""
+  if not steps:  # another file of the run (config.json, events, a grid)
+    name = getattr(error, "filename", None) or workdir
+    return OSError(f"no space left on the device to write {name}{have}. Free some space and run "
+                   "the same command again: it resumes from the last complete checkpoint")
+  complete = [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
+  if complete:  # what the last complete step took
+    newest = max(complete, key=lambda p: int(p.name))
+    need = sum(p.stat().st_size for p in newest.rglob("*") if p.is_file())
+    size = f"about {outputs.size_text(need)} (as step {newest.name} took)"
+  else:
+    need = sum(int(getattr(leaf, "nbytes", 0)) for leaf in jax.tree.leaves(state))
+    size = f"more than {outputs.size_text(need)} (the training state, and orbax's metadata)"
+  if _hit_file_size_limit(error):
+    return OSError(f"the file size limit (ulimit -f) stopped the write of checkpoint step "
+                   f"{', '.join(steps)} in {folder}: it needs {size}. Raise the limit and run "
+                   "the same command again: it resumes from the last complete checkpoint, which "
+                   "is intact")
+  return OSError(f"no space left on the device to write checkpoint step {', '.join(steps)} in "
+                 f"{folder}: it needs {size}{have}. Free some space (or lower keep_checkpoints) "
+                 "and run the same command again: it resumes from the last complete checkpoint, "
+                 "which is intact")
+
+
+def _hit_file_size_limit(error: BaseException | None) -> bool:
+  for _ in range(16):
+    if error is None:
+      return False
+    if (isinstance(error, OSError) and error.errno == errno.EFBIG) or _FILE_LIMIT_TEXT.search(
+        str(error)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _remove_temporary_steps(folder: pathlib.Path, settle_seconds: float = 0.3,
+                            timeout_seconds: float = 10.0) -> None:
+  """Removes orbax's temporary step folders, until none has come back for `settle_seconds`:
+  tensorstore's writes of the failed save may still be ending (and creating folders) after
+  orbax reported the failure."""
+  deadline = time.monotonic() + timeout_seconds
+  quiet_since = None
+  while time.monotonic() < deadline:
+    found = list(folder.glob(TEMPORARY_STEP))
+    for path in found:
+      shutil.rmtree(path, ignore_errors=True)
+    now = time.monotonic()
+    if found:
+      quiet_since = None
+    elif quiet_since is None:
+      quiet_since = now
+    elif now - quiet_since >= settle_seconds:
+      return
+    time.sleep(0.05)
+
+
+def _silence_failed_writes() -> None:
+  """When a save fails (a full disk), the writes still in flight fail one by one: asyncio logs
+  each dropped future's disk-full error, and tensorstore's callbacks print an 'Event loop is
+  closed' traceback each once orbax has closed its loop. The run's one-line error says what
+  they say, so they are dropped (every other error still shows)."""
+  asyncio_logger = std_logging.getLogger("asyncio")
+  if not any(isinstance(f, _DiskFullFrom) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_DiskFullFrom(""))
+
+  def closed_loop(error: BaseException | None) -> bool:
+    return (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+            and error.__traceback__ is not None
+            and _last_frame_file(error.__traceback__).endswith(
+                os.path.join("asyncio", "base_events.py")))
+
+  excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+  if getattr(excepthook, "memjax_quiet", False):
+    return
+
+  def quiet_excepthook(kind, error, trace):
+    if not closed_loop(error):
+      excepthook(kind, error, trace)
+
+  def quiet_unraisablehook(report):
+    if not closed_loop(report.exc_value):
+      unraisablehook(report)
+
+  quiet_excepthook.memjax_quiet = True
+  sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
+
+
+def _last_frame_file(trace) -> str:
+  while trace.tb_next is not None:
+    trace = trace.tb_next
+  return trace.tb_frame.f_code.co_filename
 
 
 def checkpoint_manager(workdir: pathlib.Path, keep: int = 3, asynchronous: bool = True,

@@ -203,12 +203,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, traine
   progress = tqdm(total=num_steps, initial=start.step, desc=f"train {trainer.name}", unit="step",
                   disable=not (primary and config.get("progress", True)), dynamic_ncols=True)
   try:
-    state, rngs, step, last = _run(config, workdir, start, manager, metrics, progress)
-  finally:
-    progress.close()
-    manager.wait_until_finished()
-    manager.close()
-    metrics.close()
+    try:
+      state, rngs, step, last = _run(config, workdir, start, manager, metrics, progress)
+    finally:
+      progress.close()
+      try:
+        manager.wait_until_finished()
+      finally:
+        manager.close()
+        metrics.close()
+  except Exception as error:  # pylint: disable=broad-except
+    # A checkpoint that found the disk full (raised by the save after it, or by the wait):
+    # one line, and orbax's temporary folder of that step removed.
+    if checkpoints.is_disk_full(error):
+      raise checkpoints.disk_full_error(workdir, start.state, error) from None
+    raise
   if start.step >= num_steps:
     logging.info("%s already holds step %d >= num_train_steps %d: nothing to train", workdir,
                  start.step, num_steps)

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from memjax import outputs
 from memjax.memorization import plugins
 from memjax.memorization.report import figures
 from memjax.memorization.report import pairs_figure
@@ -120,7 +121,8 @@ def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: Any, train: An
   paths = {}
   for name, png in pngs.items():
     paths[name] = out / f"{name}.png"
-    paths[name].write_bytes(png)
+    with outputs.writing(paths[name], len(png)):
+      paths[name].write_bytes(png)
   paths["report"] = render.write_page(out / "report.html", page)
   return paths
 

@@ -324,10 +324,7 @@ def intensity_scatter(ax, train_pixels: np.ndarray, synthetic_pixels: np.ndarray
   y_range = _padded_range(synthetic_pixels)
   overlap = min(x_range[1], y_range[1]) - max(x_range[0], y_range[0])
   union = max(x_range[1], y_range[1]) - min(x_range[0], y_range[0])
-  x, y = train_pixels, synthetic_pixels
-  if x.size > MAX_SCATTER_POINTS:
-    keep = np.random.default_rng(0).choice(x.size, MAX_SCATTER_POINTS, replace=False)
-    x, y = x[keep], y[keep]
+  x, y = planes.sample_pixels(train_pixels, synthetic_pixels, MAX_SCATTER_POINTS)
   ax.scatter(x, y, s=2.0, alpha=0.25, linewidths=0, color=SYNTHETIC_COLOR, zorder=2,
              rasterized=True)
   if overlap >= 0.5 * union:  # Comparable intensity scales: one scale and the identity line.

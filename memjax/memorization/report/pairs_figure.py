@@ -134,22 +134,19 @@ def _draw_pair_row(fig: Figure, row_top: float, rank: int, synthetic: Any, train
     previous_j, next_j = neighbors(j)
     panels = [("training: previous slice", previous_j), *panels, ("training: next slice", next_j)]
   axes = _pair_axes(fig, row_top, len(panels))
+  # At most two full-resolution images at once (the match and one other), in their stored
+  # dtype; every panel draws a downsampled float64 plane of them.
   shows_synthetic = redaction.shows_synthetic(i)
-  synthetic_image = planes.read_one(synthetic, i) if shows_synthetic else None
   match_image = planes.read_one(train, j) if redaction.shows_training else None
   transform, stored_match = "", match_image
   if match_image is not None and aligned is not None:
     moved, transform = aligned(i, match_image)
     match_image = moved if transform else match_image
+  synthetic_ax = None
   for ax, (name, k) in zip(axes, panels):
     ax.set_title(name, fontsize=10)
     if name == "synthetic":
-      if shows_synthetic:
-        _show_image(ax, planes.display_plane(synthetic_image))
-        ax.set_xlabel(text.wrap_id(synthetic_id), fontsize=9)
-      else:
-        _blank_panel(ax, text.wrap_id(synthetic_id, 22) + "\n\n" + redaction.withheld_text(i)
-                     .replace(": ", ":\n").replace(" with", "\nwith"), _REDACTED_FACE, "black")
+      synthetic_ax = ax  # drawn below, once the neighbours are no longer held
     elif k is None:
       _blank_panel(ax, "no neighbour", _EMPTY_FACE, color="0.35")
     elif k == j and transform and redaction.shows_training:
@@ -164,8 +161,17 @@ def _draw_pair_row(fig: Figure, row_top: float, rank: int, synthetic: Any, train
       _show_image(ax, planes.display_plane(image))
       label = text.wrap_id(train.image_id(k))
       if k != j:  # How alike neighbouring slices of one patient naturally are.
-        label += f"\nr with match = {planes.pearson(image.ravel(), stored_match.ravel()):.4f}"
+        label += f"\nr with match = {planes.pearson(image, stored_match):.4f}"
       ax.set_xlabel(label, fontsize=9)
+      del image
+  synthetic_image = planes.read_one(synthetic, i) if shows_synthetic else None
+  if shows_synthetic:
+    _show_image(synthetic_ax, planes.display_plane(synthetic_image))
+    synthetic_ax.set_xlabel(text.wrap_id(synthetic_id), fontsize=9)
+  else:
+    _blank_panel(synthetic_ax, text.wrap_id(synthetic_id, 22) + "\n\n"
+                 + redaction.withheld_text(i).replace(": ", ":\n").replace(" with", "\nwith"),
+                 _REDACTED_FACE, "black")
 
   scatter_ax = axes[-1]
   scatter_ax.set_title("pixel intensities", fontsize=10)
@@ -178,8 +184,8 @@ def _draw_pair_row(fig: Figure, row_top: float, rank: int, synthetic: Any, train
 
 
 def _show_image(ax, plane: np.ndarray) -> None:
-  low, high = planes.finite_range(plane)
-  ax.imshow(plane, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+  # The plane's own min-max grey levels (in float64: values near 1e200 draw as any others).
+  ax.imshow(planes.grey_levels(plane), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
   ax.set_xticks([])
   ax.set_yticks([])
 

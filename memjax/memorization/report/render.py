@@ -14,6 +14,7 @@ from typing import Any
 import jinja2
 
 import memjax
+from memjax import outputs
 
 TEMPLATES = pathlib.Path(__file__).resolve().parent / "templates"
 
@@ -38,10 +39,17 @@ def render(template: str, **context: Any) -> str:
 
 
 def write_page(path: str | pathlib.Path, page: str) -> pathlib.Path:
-  """Writes `page` to `path` under a temporary name first; returns the path."""
+  """Writes `page` to `path` under a temporary name first; returns the path. A full disk is an
+  error naming the page and its size, and leaves no temporary file."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   temporary = path.with_name(path.name + ".tmp")
-  temporary.write_text(page, encoding="utf-8")
+  data = page.encode("utf-8")
+  try:
+    with outputs.writing(path, len(data)):
+      temporary.write_bytes(data)
+  except OSError:
+    temporary.unlink(missing_ok=True)
+    raise
   temporary.replace(path)
   return path

@@ -94,28 +94,31 @@ def pair_row(rank: int, i: int, j: int, value: float, *, synthetic: Any, train: 
   panel and the scatter plot show it so.
   """
   synthetic_id, train_id = synthetic.image_id(i), train.image_id(j)
+  # At most two full-resolution images at once: the match, then each neighbour, then the
+  # synthetic image.
   synthetic_image = match = None
+  if redaction.shows_training:
+    match, match_panel = _image_panel(train, j, "training match")
+  else:
+    match_panel = Panel("training match", kind="withheld", note="training image redacted")
+  before, after = [], []
+  if neighbors is not None:
+    previous_j, next_j = neighbors(j)
+    before = [_neighbour_panel(train, previous_j, match, "previous slice", redaction)]
+    after = [_neighbour_panel(train, next_j, match, "next slice", redaction)]
   if redaction.shows_synthetic(i):
     synthetic_image, synthetic_panel = _image_panel(synthetic, i, "synthetic")
   else:
     synthetic_panel = Panel("synthetic", kind="withheld",
                             note=redaction.withheld_text(i))
-  if redaction.shows_training:
-    match, match_panel = _image_panel(train, j, "training match")
-    if aligned is not None:
-      moved, transform = aligned(i, match)
-      if transform:
-        match = moved
-        match_panel = Panel(f"training match, moved into the synthetic image's frame "
-                            f"(synthetic {transform})",
-                            planes.embed_png(planes.plane_png(planes.display_plane(moved))))
-  else:
-    match_panel = Panel("training match", kind="withheld", note="training image redacted")
-  panels = [match_panel, synthetic_panel]
-  if neighbors is not None:
-    previous_j, next_j = neighbors(j)
-    panels = ([_neighbour_panel(train, previous_j, match, "previous slice", redaction)] + panels
-              + [_neighbour_panel(train, next_j, match, "next slice", redaction)])
+  if match is not None and aligned is not None:
+    moved, transform = aligned(i, match)
+    if transform:
+      match = moved
+      match_panel = Panel(f"training match, moved into the synthetic image's frame "
+                          f"(synthetic {transform})",
+                          planes.embed_png(planes.plane_png(planes.display_plane(moved))))
+  panels = before + [match_panel, synthetic_panel] + after
   if match is not None and synthetic_image is not None:
     overlap = np.isfinite(np.broadcast_to(match, synthetic_image.shape))
     panels.append(Panel("pixel intensities", planes.embed_png(
@@ -134,7 +137,7 @@ def _neighbour_panel(train: Any, k: int | None, match: np.ndarray | None, name: 
   if not redaction.shows_training:
     return Panel(name, kind="withheld", note=f"{train.image_id(k)} (training image redacted)")
   image, panel = _image_panel(train, k, f"{name} {train.image_id(k)}")
-  r = planes.pearson(image.ravel(), match.ravel())
+  r = planes.pearson(image, match)
   return dataclasses.replace(panel, caption=panel.caption + f" (r with match {r:.4f})")
 
 
