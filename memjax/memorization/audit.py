@@ -210,8 +210,9 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
   `memjax.train.contrastive.load_embedder(workdir)`). `extra_outputs` (file name -> text) are
   written with the audit's files.
 
-  Every file is written to a staging folder and renamed into place at the end, summary.json
-  last: an audit that fails leaves the previous results in `out_dir` as they were.
+  Every file is written into a new generation folder that one atomic swap makes current
+  (outputs.Staging): an audit that fails, or is killed at any instant, leaves the previous
+  results in `out_dir` as they were.
   """
   options = dataclasses.replace(options or AuditOptions(), **changes)
   # Settings are checked before hours of searching, not after.
@@ -323,7 +324,7 @@ def _calibrate(train, holdout, options: AuditOptions, mesh: Mesh):
 
 def _write(out_dir: pathlib.Path, synthetic, train, holdout, results, files, summary,
            options: AuditOptions, extra_outputs: dict[str, str]) -> None:
-  """Every output into a staging folder, then into `out_dir` at once, summary.json last."""
+  """Every output into a generation folder, made `out_dir`'s results by one atomic swap."""
   with outputs.Staging(out_dir, marker="summary.json", owned=AUDIT_FILES) as staging:
     folder = staging.path
     with outputs.writing(out_dir / "matches.csv", 40 * len(synthetic) * options.k):
