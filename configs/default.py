@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.audit.detectors = "correlation"
   config.audit.detector = ""  # deprecated: the old single setting ("both": correlation,embedding)
   config.audit.max_shift = config_dict.placeholder(int)  # "transformed": None = 1/8 of the side
+  config.audit.copy_level = 0.9999  # an image at or above it by any detector: "do not release"
+  config.audit.calibration_margin = 0.01  # warn when a calibrated threshold is this close to 1
+  config.audit.min_holdout_images = 10  # a smaller holdout set is refused
   config.audit.encoder = ""  # the embedding detector: a contrastive encoder's work dir
   config.audit.encoder_step = config_dict.placeholder(int)  # None: its latest checkpoint
 

@@ -8,6 +8,7 @@ import contextlib
 import json
 import pathlib
 import shlex
+import sys
 from collections.abc import Callable, Sequence
 
 import jax
@@ -16,6 +17,8 @@ import ml_collections
 from memjax import outputs
 from memjax import parallel
 from memjax.cli import say
+
+NOTHING_COMPARED_STATUS = 3  # the exit status of an audit in which no correlation was defined
 
 _PENDING: dict[str, str] = {}  # Workflows announced but not built: name -> what to do instead.
 # How the next command starts, and the config arguments a training run was started with (as the
@@ -83,6 +86,10 @@ def audit(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
              if inputs["holdout_images"] else None)
   mesh = parallel.data_mesh(settings.num_devices or None)
   embed_fn = None
+  if settings.get("encoder") and "embedding" not in options.detector_names:
+    raise ValueError(f"--config.audit.encoder={settings.encoder} is given but no detector uses it "
+                     f"(--config.audit.detectors={','.join(options.detector_names)}): add "
+                     "embedding to the detectors, or leave the encoder out")
   if "embedding" in options.detector_names and settings.get("encoder"):
     _check_encoder_dir(settings.encoder)
     from memjax.train import contrastive  # pylint: disable=g-import-not-at-top
@@ -93,6 +100,12 @@ def audit(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
       workdir, synthetic=synthetic, train=train, holdout=holdout, options=options, mesh=mesh,
       embed_fn=embed_fn, extra_outputs={"config.json": config.to_json_best_effort(indent=2)})
   say_audit(summary, workdir)
+  from memjax.memorization import decision  # pylint: disable=g-import-not-at-top
+  if summary["decision"]["verdict"] == decision.NO_CORRELATION:
+    # Not a clean audit: the results are written, but they answer nothing.
+    print(f"error: {summary['decision']['reasons'][0]}; the results in {workdir} say so",
+          file=sys.stderr)
+    sys.exit(NOTHING_COMPARED_STATUS)
   return summary
 
 

@@ -126,3 +126,57 @@ def test_provenance_ties_the_summary_to_the_bytes_of_each_set(tmp_path):
   Image.fromarray(images[3]).save(folder / "case_3.png")
   from memjax.data import sources  # pylint: disable=g-import-not-at-top
   assert provenance.fingerprint(sources.open_source(str(folder)))["sha256"] != digest.hexdigest()
+
+
+def test_a_holdout_set_too_small_to_calibrate_is_refused_unless_allowed(tmp_path, rng):
+  train = rng.random((20, 8, 8), dtype=np.float32)
+  synthetic = train[:3].copy()
+  with pytest.raises(ValueError, match=r"holds 1 image: a calibrated threshold needs at least 10"
+                                       r".*--config.audit.min_holdout_images=N"):
+    audit.run_audit(tmp_path, synthetic=synthetic, train=train, holdout=train[:1] + 0.5,
+                    progress=False)
+  assert not (tmp_path / "summary.json").exists()
+  allowed = audit.run_audit(tmp_path, synthetic=synthetic, train=train,
+                            holdout=rng.random((2, 8, 8), dtype=np.float32), progress=False,
+                            min_holdout_images=2)
+  assert allowed["holdout"]["count"] == 2
+
+
+def test_nothing_compared_is_said_and_is_not_a_clean_exit(tmp_path):
+  """Constant synthetic images: no correlation is defined; the verdict says so, and the command
+  exits 3, not 0."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  np.save(tmp_path / "synthetic.npy", np.full((3, 8, 8), 7.0, np.float32))
+  np.save(tmp_path / "train.npy", np.random.default_rng(0).random((5, 8, 8), dtype=np.float32))
+  summary = audit.run_audit(tmp_path / "lib", synthetic=str(tmp_path / "synthetic.npy"),
+                            train=str(tmp_path / "train.npy"), progress=False)
+  assert summary["decision"]["verdict"] == decision.NO_CORRELATION
+  assert summary["decision"]["reasons"][0].startswith("none of the 3 synthetic images has a "
+                                                      "defined correlation")
+  process = subprocess.run(
+      [sys.executable, "-m", "memjax", "--config=audit", f"--workdir={tmp_path / 'cli'}",
+       f"--config.audit.synthetic_images={tmp_path / 'synthetic.npy'}",
+       f"--config.audit.training_images={tmp_path / 'train.npy'}",
+       "--config.audit.progress=false"], capture_output=True, text=True, timeout=300, check=False)
+  assert process.returncode == 3, process.stderr
+  assert process.stderr.strip().splitlines()[-1].startswith("error: none of the 3 synthetic")
+  assert (tmp_path / "cli" / "summary.json").exists()
+
+
+def test_an_encoder_without_the_embedding_detector_is_an_error(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  np.save(tmp_path / "images.npy", np.random.default_rng(0).random((4, 8, 8), dtype=np.float32))
+  process = subprocess.run(
+      [sys.executable, "-m", "memjax", "--config=audit", f"--workdir={tmp_path / 'out'}",
+       f"--config.audit.synthetic_images={tmp_path / 'images.npy'}",
+       f"--config.audit.training_images={tmp_path / 'images.npy'}",
+       f"--config.audit.encoder={tmp_path}"], capture_output=True, text=True, timeout=300,
+      check=False)
+  assert process.returncode == 2
+  assert process.stderr.strip().splitlines() == [
+      f"error: --config.audit.encoder={tmp_path} is given but no detector uses it "
+      "(--config.audit.detectors=correlation): add embedding to the detectors, or leave the "
+      "encoder out"]
+  assert not (tmp_path / "out" / "summary.json").exists()

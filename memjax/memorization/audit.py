@@ -93,6 +93,8 @@ class AuditOptions:
     release" (decision.py).
   calibration_margin: a calibrated threshold within it of 1 (or held-out values whose median is
     within twice it) is warned about: the held-out images may be of the training subjects.
+  min_holdout_images: a holdout set smaller than this is refused: a percentile of best matches
+    over so few images is biased low and its interval too wide to mean anything.
   """
   detectors: tuple[str, ...] | str = ("correlation",)
   detector: str | None = None
@@ -109,6 +111,7 @@ class AuditOptions:
   max_shift: int | None = None
   copy_level: float = decision_lib.COPY_LEVEL
   calibration_margin: float = decision_lib.CALIBRATION_MARGIN
+  min_holdout_images: int = 10
 
   @property
   def detector_names(self) -> tuple[str, ...]:
@@ -132,7 +135,8 @@ class AuditOptions:
                progress=bool(get("progress", True)), memory_gb=get("memory_gb", 2.0),
                max_shift=get("max_shift"),
                copy_level=get("copy_level", decision_lib.COPY_LEVEL),
-               calibration_margin=get("calibration_margin", decision_lib.CALIBRATION_MARGIN))
+               calibration_margin=get("calibration_margin", decision_lib.CALIBRATION_MARGIN),
+               min_holdout_images=get("min_holdout_images", 10))
 
   @property
   def memory_bytes(self) -> int:
@@ -145,7 +149,7 @@ class AuditOptions:
         self.max_shift, (int, np.integer)) or self.max_shift < 0):
       raise ValueError(f"config.audit.max_shift must be an integer of at least 0 (or None: an "
                        f"eighth of the image's side), got {self.max_shift!r}")
-    for name, low in (("k", 1), ("num_pairs", 0)):
+    for name, low in (("k", 1), ("num_pairs", 0), ("min_holdout_images", 1)):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"config.audit.{name} must be an integer of at least {low}, got "
@@ -227,6 +231,14 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
   sources_lib.check_same_shape(synthetic, train)
   if holdout is not None:
     sources_lib.check_same_shape(holdout, train)
+    if len(holdout) < options.min_holdout_images:
+      raise ValueError(
+          f"the holdout set {holdout.description} holds {len(holdout)} image"
+          f"{'' if len(holdout) == 1 else 's'}: a calibrated threshold needs at least "
+          f"{options.min_holdout_images} (a percentile of best matches over so few images is "
+          "biased low and too uncertain to mean anything). Give held-out images of other "
+          "patients, about as many as the training images, or accept a smaller set with "
+          "--config.audit.min_holdout_images=N")
   if options.k > len(train):
     logging.warning("config.audit.k=%d is more than the %d training images of %s: keeping %d "
                     "matches per synthetic image", options.k, len(train), train.description,

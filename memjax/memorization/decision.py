@@ -37,10 +37,12 @@ _BOOTSTRAP_VALUES_AT_ONCE = 4_000_000
 DO_NOT_RELEASE = "do not release"
 REVIEW = "review before release"
 NO_EVIDENCE = "no evidence of copying beyond chance"
+NO_CORRELATION = "nothing could be compared"
 RULE = (f"'{DO_NOT_RELEASE}' when any synthetic image reaches the copy level by any detector; "
         f"'{REVIEW}' when a detector flags more synthetic images than its rule flags by chance "
         "(above the 95% interval), or when a calibration warning stands and anything is flagged; "
-        f"'{NO_EVIDENCE}' otherwise")
+        f"'{NO_EVIDENCE}' otherwise; '{NO_CORRELATION}' when no synthetic image has a defined "
+        "value by any detector")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +172,12 @@ def decide(results: Sequence[AuditResult], *, percentile: float = 95.0,
             "rate": chance.rate, "held_out_values": chance.num_values},
         "threshold": result.threshold,
         "threshold_interval": None if interval is None else list(interval)}
+  if results and all(item["with_a_value"] == 0 for item in per_detector.values()):
+    verdict = NO_CORRELATION
+    count = len(results[0].max_correlation)
+    reasons.insert(0, f"none of the {_count(count)} has a defined correlation with any training "
+                      "image (constant images, or training images that all are): nothing was "
+                      "compared")
   return {"verdict": verdict, "reasons": reasons, "rule": RULE, "copy_level": copy_level,
           "calibration_margin": margin, "detectors": per_detector}, warnings
 
