@@ -72,7 +72,24 @@ def subset(source: base.ImageSource, num_images: int | None, seed: int | None
     raise ValueError(f"{source.description}: {e}") from e
 
 
-class BlockMeanSource(base.ImageSource):
+class _Wrapped(base.ImageSource):
+  """A source made from another (`self._source`): the same images under the same ids, slice
+  order and files."""
+
+  def image_id(self, index: int) -> str:
+    return self._source.image_id(index)
+
+  def ids(self) -> list[str]:
+    return self._source.ids()
+
+  def neighbors(self, index: int) -> tuple[int | None, int | None]:
+    return self._source.neighbors(index)
+
+  def close(self) -> None:
+    self._source.close()
+
+
+class BlockMeanSource(_Wrapped):
   """Images of another source as the means over factor^d pixel blocks of their spatial axes.
 
   `spatial_dims` (2 for images, 3 for volumes) says how many leading axes of the source's image
@@ -114,20 +131,9 @@ class BlockMeanSource(base.ImageSource):
     means = blocks.mean(axis=tuple(range(2, 2 * self._spatial_dims + 1, 2)))
     return means.astype(dtype)
 
-  def image_id(self, index: int) -> str:
-    return self._source.image_id(index)
-
-  def ids(self) -> list[str]:
-    return self._source.ids()
-
-  def neighbors(self, index: int) -> tuple[int | None, int | None]:
-    return self._source.neighbors(index)
-
-  def close(self) -> None:
-    self._source.close()
 
 
-class ChannelDroppedSource(base.ImageSource):
+class ChannelDroppedSource(_Wrapped):
   """Single-channel images (..., 1) of another source without their channel axis, as a folder
   of gray PNGs holds them: (64, 64, 1) and (64, 64) are one layout of the same pixels."""
 
@@ -145,17 +151,6 @@ class ChannelDroppedSource(base.ImageSource):
   def _read_block_into(self, start: int, stop: int, out: np.ndarray) -> None:
     self._source.read_into(start, stop, out.reshape(stop - start, *self._source.shape))
 
-  def image_id(self, index: int) -> str:
-    return self._source.image_id(index)
-
-  def ids(self) -> list[str]:
-    return self._source.ids()
-
-  def neighbors(self, index: int) -> tuple[int | None, int | None]:
-    return self._source.neighbors(index)
-
-  def close(self) -> None:
-    self._source.close()
 
 
 def one_layout(*sources: base.ImageSource | None) -> list[base.ImageSource | None]:
