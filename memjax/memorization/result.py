@@ -82,7 +82,7 @@ class AuditResult:
   @property
   def prefix(self) -> str:
     """The prefix of this detector's arrays in correlations.npz ("" for pixel correlation)."""
-    return _prefix(self.measure)
+    return array_prefix(self.measure)
 
   def arrays(self) -> dict[str, np.ndarray]:
     """What correlations.npz holds of this detector."""
@@ -100,9 +100,10 @@ class AuditResult:
 _DETAIL = "detail_"
 
 
-def _prefix(measure: str) -> str:
-  from memjax.memorization import plugins  # pylint: disable=g-import-not-at-top
-  return plugins.get(measure).prefix
+def array_prefix(measure: str) -> str:
+  """The prefix of a detector's arrays and matches.csv columns: none for pixel correlation (the
+  first detector memjax had), "<name>_" for every other ("embedding_", "transformed_")."""
+  return "" if measure == "correlation" else f"{measure}_"
 
 
 def read_results(out_dir: str | pathlib.Path) -> list[AuditResult]:
@@ -113,7 +114,7 @@ def read_results(out_dir: str | pathlib.Path) -> list[AuditResult]:
   results = []
   with np.load(out_dir / "correlations.npz") as stored:
     for measure, item in summary["detectors"].items():
-      prefix = _prefix(measure)
+      prefix = array_prefix(measure)
       holdout = stored.get(prefix + "holdout_max_correlation")
       details = {name[len(prefix + _DETAIL):]: stored[name] for name in stored.files
                  if name.startswith(prefix + _DETAIL)}

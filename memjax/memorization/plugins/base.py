@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from memjax.memorization import detectors
 from memjax.memorization.result import AuditResult
+from memjax.memorization.result import array_prefix
 
 
 @dataclasses.dataclass
@@ -40,18 +41,21 @@ class AuditContext:
 class Detector:
   """One memorization detector.
 
-  name: how configs and the command line name it (config.audit.detectors).
-  prefix: its arrays in correlations.npz and its columns in matches.csv start with it.
+  name: how configs and the command line name it (config.audit.detectors); its arrays in
+    correlations.npz and its columns in matches.csv start with `prefix` (result.array_prefix).
   measure: what summary.json says it measures.
   words: the report's sentences and labels (keys of report/text.py's entries: name,
     histogram_title, axis, header, symbol, file_suffix, explanation, limits, method).
   needs_encoder: whether it needs a trained contrastive encoder (config.audit.encoder).
   """
   name: str
-  prefix: str
   measure: str
   words: Mapping[str, str]
   needs_encoder: bool = False
+
+  @property
+  def prefix(self) -> str:
+    return array_prefix(self.name)
 
   def run(self, context: AuditContext) -> tuple[AuditResult, dict[str, dict[str, np.ndarray]]]:
     """Searches and decides: the result, and files to write beside it ({file: {name: array}})."""

@@ -59,6 +59,6 @@ class EmbeddingCorrelation(base.Detector):
 
 
 DETECTOR = EmbeddingCorrelation(
-    name="embedding", prefix="embedding_", words=WORDS, needs_encoder=True,
+    name="embedding", words=WORDS, needs_encoder=True,
     measure=("maximum Pearson correlation of contrastive embeddings (Dar et al. 2023; 1 minus "
              "their 'correlation' distance)"))

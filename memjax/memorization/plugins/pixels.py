@@ -52,5 +52,5 @@ class PixelCorrelation(base.Detector):
 
 
 DETECTOR = PixelCorrelation(
-    name="correlation", prefix="", words=WORDS,
+    name="correlation", words=WORDS,
     measure="maximum Pearson correlation over all pixels/voxels and channels")

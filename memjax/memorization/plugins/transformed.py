@@ -86,6 +86,6 @@ def _spatial_shape(shape) -> tuple[int, ...]:
 
 
 DETECTOR = TransformedCorrelation(
-    name="transformed", prefix="transformed_", words=WORDS,
+    name="transformed", words=WORDS,
     measure=("maximum Pearson correlation over the overlap under the image grid's flips, turns "
              "by 90 degrees and integer shifts (normalized cross-correlation, float64)"))
