@@ -278,7 +278,8 @@ def run_audit(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any, holdou
                            decision=decision, warnings=warnings,
                            provenance=provenance.record(options, {
                                "synthetic": synthetic, "train": train,
-                               "holdout": holdout_given})), results)
+                               "holdout": holdout_given})
+                           if jax.process_index() == 0 else None), results)
   if jax.process_index() != 0:  # every host holds the result; one writes it
     return summary
   _write(pathlib.Path(out_dir), synthetic, train, holdout, results, files, summary, options,
