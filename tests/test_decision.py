@@ -118,7 +118,7 @@ def test_provenance_ties_the_summary_to_the_bytes_of_each_set(tmp_path):
   for name in names:
     digest.update((folder / name).read_bytes())
   assert record["inputs"]["train"] == {"sha256": digest.hexdigest(), "of": "files", "count": 4}
-  assert record["inputs"]["synthetic"]["of"] == "images"
+  assert record["inputs"]["synthetic"]["of"] == "array"
   assert record["settings"]["copy_level"] == 0.999 and record["memjax_version"]
   assert "holdout" not in record["inputs"]
   # One changed pixel changes the fingerprint.
