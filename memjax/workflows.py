@@ -113,6 +113,12 @@ def say_audit(summary: dict, workdir: pathlib.Path) -> None:
   """The audit's plain summary on stdout: per detector, what it flagged and at which threshold;
   the files; the next step."""
   from memjax.memorization import plugins  # pylint: disable=g-import-not-at-top
+  decision = summary.get("decision")
+  if decision:  # the verdict first, with its first reason (the page and summary.json give all)
+    say(f"decision: {decision['verdict']}"
+        + (f": {decision['reasons'][0]}" if decision["reasons"] else ""))
+  for warning in summary.get("warnings") or []:
+    say(f"check the calibration: {warning}")
   synthetic = summary["synthetic"]["count"]
   holdout = (summary.get("holdout") or {}).get("count")
   for name, found in summary["detectors"].items():

@@ -100,5 +100,8 @@ def test_absl_info_lines_with_verbosity(tmp_path, rng):
               "--config.audit.training_images=train.npy", "--config.audit.progress=false",
               "--workdir=told", "--verbosity=0", cwd=tmp_path)
   assert told.returncode == 0, told.stderr
-  assert told.stdout.startswith("0 of 3 synthetic images memorized by pixel correlation")
+  assert told.stdout.splitlines()[0].startswith("decision: no evidence of copying beyond chance: "
+                                                "pixel correlation: 0 of 3 flagged")
+  assert told.stdout.splitlines()[1].startswith("0 of 3 synthetic images memorized by pixel "
+                                                "correlation")
   assert "audit written to told" in told.stderr  # absl's INFO line, asked for

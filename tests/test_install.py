@@ -108,7 +108,9 @@ def test_installed_command_audits_from_another_directory(installed, rng):
                   "--config.audit.training_images=train", "--config.audit.progress=false",
                   "--workdir=out"], cwd=cwd, env=installed["env"])
   lines = process.stdout.splitlines()
-  assert lines[0] == ("2 of 5 synthetic images memorized by pixel correlation (threshold 0.9500, "
+  assert lines[0] == ("decision: do not release: 2 synthetic images are copies of training "
+                      "images by pixel correlation (r ≥ 0.9999)"), lines
+  assert lines[1] == ("2 of 5 synthetic images memorized by pixel correlation (threshold 0.9500, "
                       "fixed; give --config.audit.holdout_images to calibrate it)"), lines
   assert lines[-1] == "next: open out/report.html"
   assert "I1" not in process.stderr and "audit.py:" not in process.stderr  # no absl INFO lines

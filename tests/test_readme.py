@@ -61,7 +61,7 @@ CLUSTER = ("NAME=memjax-v4-32 ZONE=", "#!/bin/bash", "# on 10.0.0.1",
 # Python blocks that need a file only the user has: checked for names, not run.
 USER_FILES = ("import numpy as np\nfrom flax import nnx\nfrom memjax.models import stylegan2",)
 OUTPUT = {
-    "summary": "15 of 98 synthetic images memorized by pixel correlation",
+    "summary": "decision: do not release: 2 synthetic images are copies of training images",
     "matches": "copy_exact_1_of_train_0074.png,1,train_0074.png",
     "summary_json": '"threshold": {"value": ',
     "validation": "% flagged at the calibrated threshold",  # tools/validate_detectors.py (slow)
