@@ -86,11 +86,13 @@ def audit(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
              if inputs["holdout_images"] else None)
   mesh = parallel.data_mesh(settings.num_devices or None)
   embed_fn = None
-  if settings.get("encoder") and "embedding" not in options.detector_names:
+  from memjax.memorization import plugins  # pylint: disable=g-import-not-at-top
+  needs_encoder = any(plugins.get(name).needs_encoder for name in options.detector_names)
+  if settings.get("encoder") and not needs_encoder:
     raise ValueError(f"--config.audit.encoder={settings.encoder} is given but no detector uses it "
                      f"(--config.audit.detectors={','.join(options.detector_names)}): add "
                      "embedding to the detectors, or leave the encoder out")
-  if "embedding" in options.detector_names and settings.get("encoder"):
+  if needs_encoder and settings.get("encoder"):
     _check_encoder_dir(settings.encoder)
     from memjax.train import contrastive  # pylint: disable=g-import-not-at-top
     embed_fn = contrastive.load_embedder(settings.encoder, mesh=mesh,

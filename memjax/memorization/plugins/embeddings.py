@@ -15,6 +15,8 @@ WORDS = dict(
     axis="maximum Pearson correlation of embeddings with the training set",
     header="whose embeddings are most correlated with a training image's",
     symbol="embedding r",
+    method=("Dar et al., “Investigating data memorization in 3D latent diffusion models "
+            "for medical image synthesis” (2023)"),
     file_suffix="_embedding",
     explanation=(
         "Every synthetic, training and held-out image was embedded by a self-supervised "

@@ -15,6 +15,9 @@ WORDS = dict(
     axis="maximum Pearson correlation with the training set",
     header="most correlated with a training image",
     symbol="r",
+    value="correlation",
+    method=("Akbar, Wang & Eklund, “Beware of diffusion models for synthesizing medical "
+            "images” (2025)"),
     file_suffix="",
     explanation=(
         "For every synthetic image, its Pearson correlation with every training image was "

@@ -12,6 +12,7 @@ import numpy as np
 
 from memjax.memorization import transformed as transformed_lib
 from memjax.memorization.plugins import base
+from memjax.memorization.plugins import pixels
 from memjax.memorization.result import AuditResult
 
 WORDS = dict(
@@ -20,6 +21,7 @@ WORDS = dict(
     axis="maximum Pearson correlation with the training set under a flip, turn or shift",
     header="most correlated with a training image, flipped, turned or shifted",
     symbol="r (flip, turn, shift)",
+    method=pixels.WORDS["method"] + ", under flips, turns and shifts",
     file_suffix="_transformed",
     explanation=(
         "For every synthetic image, its Pearson correlation with every training image was "

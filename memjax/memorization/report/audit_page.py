@@ -27,10 +27,8 @@ from memjax.memorization.report.planes import embed_png
 from memjax.memorization.result import AuditResult
 
 MAX_LISTED_IDS = 50
-PIXEL_METHOD = ("Akbar, Wang & Eklund, “Beware of diffusion models for synthesizing medical "
-                "images” (2025)")
-EMBEDDING_METHOD = ("Dar et al., “Investigating data memorization in 3D latent diffusion models "
-                    "for medical image synthesis” (2023)")
+PIXEL_METHOD = plugins.get("correlation").words["method"]
+EMBEDDING_METHOD = plugins.get("embedding").words["method"]
 
 
 def write_audit_report(out_dir: str | pathlib.Path, *, synthetic: Any, train: Any,
@@ -173,7 +171,7 @@ def _verdict(detection: AuditResult, with_name: bool) -> str:
   share = f" ({100.0 * num_memorized / num_defined:.1f}%)" if num_defined else ""
   name = text.words(detection.measure)["name"]
   prefix = f"{name.capitalize()}: " if with_name else ""
-  value = "correlation" if detection.measure == "correlation" else name
+  value = text.words(detection.measure).get("value", name)
   return (f"{prefix}{num_memorized} of "
           f"{text.plural(num_defined, 'synthetic image', 'synthetic images')}{share} with a "
           f"defined {value} reach the threshold {threshold:.4f} and are counted as memorized.")
@@ -272,9 +270,8 @@ def _render_page(*, title, synthetic, train, holdout, detections, summary, num_p
         f"{' …' if left_out['count'] > 5 and left_out.get('ids') else ''}): they are "
         f"the same patients, not different ones, so the threshold was calibrated on the other "
         f"{left_out['kept']}. Check how the holdout set was split from the training set.")
-  measures = {d.measure for d in detections}
-  methods = [PIXEL_METHOD] if measures & {"correlation", "transformed"} else []
-  methods += [EMBEDDING_METHOD] if "embedding" in measures else []
+  methods = list(dict.fromkeys(text.words(d.measure)["method"] for d in detections
+                               if text.words(d.measure).get("method")))
   decision = summary.get("decision") if isinstance(summary, Mapping) else None
   return render.render(
       "audit.html.j2", title=title, verdicts=verdicts, redaction_notice=redaction.notice(),
