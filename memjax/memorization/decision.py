@@ -182,12 +182,6 @@ def decide(results: Sequence[AuditResult], *, percentile: float = 95.0,
           "calibration_margin": margin, "detectors": per_detector}, warnings
 
 
-def headline(decision: dict[str, Any]) -> str:
-  """The verdict and its first reason, as the page's first line says it."""
-  reasons = decision["reasons"]
-  return decision["verdict"].capitalize() + (": " + reasons[0] if reasons else "") + "."
-
-
 def _name(result: AuditResult) -> str:
   from memjax.memorization import plugins  # pylint: disable=g-import-not-at-top
   return plugins.get(result.measure).words["name"]

@@ -20,7 +20,9 @@ WORDS = dict(
     histogram_title="The highest correlation under a flip, turn or shift",
     axis="maximum Pearson correlation with the training set under a flip, turn or shift",
     header="most correlated with a training image, flipped, turned or shifted",
-    symbol="r (flip, turn, shift)",
+    symbol="r under a flip, turn or shift",
+    condition="its pixel correlation with a training image, flipped, turned by 90 degrees or "
+              "shifted,",
     method=pixels.WORDS["method"] + ", under flips, turns and shifts",
     file_suffix="_transformed",
     explanation=(

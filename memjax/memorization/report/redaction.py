@@ -28,9 +28,12 @@ import numpy as np
 from memjax.memorization import transformed as transformed_lib
 
 WITHHOLD_LEVEL = 0.90
-TRANSFORMED = "transformed"
-_WORDS = {"correlation": "r", "embedding": "embedding r",
-          TRANSFORMED: "r under a flip, turn or shift"}
+TRANSFORMED = "transformed"  # the transform-tolerant detector's name in the registry
+
+
+def _words(measure: str) -> dict[str, str]:
+  from memjax.memorization import plugins  # pylint: disable=g-import-not-at-top
+  return dict(plugins.get(measure).words)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +70,7 @@ class Redaction:
 
   def withheld_text(self, i: int) -> str:
     """Why synthetic image `i` is withheld, for the panel that stands in for it."""
-    reasons = [f"{_WORDS[s.measure]} ≥ {s.bar:.2f}"
+    reasons = [f"{_words(s.measure)['symbol']} ≥ {s.bar:.2f}"
                for s in self.scores if np.nan_to_num(s.values[int(i)], nan=-np.inf) >= s.bar]
     return "withheld: " + " and ".join(reasons) + " with a training image"
 
@@ -81,14 +84,10 @@ class Redaction:
             "scatter plots are hidden, and sample grids are left out. A synthetic image is "
             "withheld where ")
     conditions = []
-    if "correlation" in bars:
-      conditions.append(f"its pixel correlation with a training image is "
-                        f"{bars['correlation']:.2f} or more")
-    if "embedding" in bars:
-      conditions.append(f"its embedding correlation with a training image is "
-                        f"{bars['embedding']:.2f} or more")
-    conditions.append(f"its pixel correlation with a training image, flipped, turned by 90 "
-                      f"degrees or shifted, is {bars[TRANSFORMED]:.2f} or more")
+    for measure, bar in sorted(bars.items(), key=lambda item: item[0] == TRANSFORMED):
+      words = _words(measure)
+      condition = words.get("condition", f"its {words['name']} with a training image")
+      conditions.append(f"{condition} is {bar:.2f} or more")
     text += (" or ".join(conditions) + ": it resembles a training image that closely, which "
              "does not make every such image a copy.")
     if "correlation" not in bars:
