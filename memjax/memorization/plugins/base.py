@@ -44,8 +44,10 @@ class Detector:
   name: how configs and the command line name it (config.audit.detectors); its arrays in
     correlations.npz and its columns in matches.csv start with `prefix` (result.array_prefix).
   measure: what summary.json says it measures.
-  words: the report's sentences and labels (keys of report/text.py's entries: name,
-    histogram_title, axis, header, symbol, file_suffix, explanation, limits, method).
+  words: the report's sentences and labels: name, histogram_title, axis, header, symbol,
+    file_suffix, explanation, limits; optionally value (the word a count sentence uses, default
+    name), method (the citation in the page's methods) and condition (how a redacted page says
+    an image was withheld, default "its <name> with a training image").
   needs_encoder: whether it needs a trained contrastive encoder (config.audit.encoder).
   """
   name: str
